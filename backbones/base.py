@@ -1,0 +1,88 @@
+"""What every backbone offers (design contract 1): grouping, tokens, hookable blocks, a head."""
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from pointgst.validation import check_point_cloud
+
+from .grouping import PatchGrouper
+from .layers import classification_head, init_vit_weights
+
+
+class PointBackbone(nn.Module):
+    """Base class of the point-cloud transformers.
+
+    Subclasses set ``group_divider`` (a :class:`PatchGrouper`), implement :meth:`forward_features`, and
+    keep their transformer blocks in :attr:`transformer_blocks`, each exposing the residual branches
+    ``attn_branch`` and ``ffn_branch`` (:class:`~pointgst.backbones.layers.Sublayer`). After every forward,
+    :attr:`token_centers` holds the centres (B, G, 3) of the point tokens in token order.
+    """
+
+    architecture: str = ""
+    classifier_name: str = ""
+    num_special_tokens: int = 0
+    group_divider: PatchGrouper
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__()
+        self.config = dict(config)
+        self.token_centers: Tensor | None = None
+
+    @property
+    def embed_dim(self) -> int:
+        return self.config["embed_dim"]
+
+    @property
+    def depth(self) -> int:
+        return self.config["depth"]
+
+    @property
+    def num_classes(self) -> int:
+        return self.config["num_classes"]
+
+    @property
+    def num_features(self) -> int:
+        """Width of the pooled feature fed to the head: [cls output, max over point tokens] = 2C."""
+        return 2 * self.embed_dim
+
+    @property
+    def transformer_blocks(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def group(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """Validate ``points`` (B, N, 3) and split them into patches: (neighborhood (B,G,K,3), centers (B,G,3))."""
+        check_point_cloud(points, min_points=self.group_divider.min_points)
+        neighborhood, centers = self.group_divider(points)
+        self.token_centers = centers
+        return neighborhood, centers
+
+    def forward_features(self, points: Tensor) -> Tensor:
+        """points (B, N, 3) -> pooled features (B, 2C)."""
+        raise NotImplementedError
+
+    def forward_head(self, features: Tensor) -> Tensor:
+        """features (B, 2C) -> logits (B, num_classes)."""
+        return self.get_classifier()(features)
+
+    def forward(self, points: Tensor) -> Tensor:
+        """points (B, N, 3) -> logits (B, num_classes)."""
+        return self.forward_head(self.forward_features(points))
+
+    def get_classifier(self) -> nn.Module:
+        return self.get_submodule(self.classifier_name)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head by a freshly initialised one with ``num_classes`` outputs."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        parent_name, _, attr = self.classifier_name.rpartition(".")
+        parent = self.get_submodule(parent_name) if parent_name else self
+        old = getattr(parent, attr)
+        new = classification_head(self.num_features, num_classes)
+        setattr(parent, attr, new.to(device=old[0].weight.device, dtype=old[0].weight.dtype))
+        self.config["num_classes"] = num_classes
+
+    def init_weights(self) -> None:
+        """The official from-scratch initialisation (only used without pretrained weights)."""
+        self.apply(init_vit_weights)

@@ -1,0 +1,234 @@
+"""Reading checkpoint files safely and fitting them to a backbone with the official remapping rules.
+
+- ``.pth`` / ``.pt`` / ``.bin`` files are read with ``torch.load(weights_only=True)``: a file whose pickle
+  holds anything but tensors and plain containers is refused and nothing in it runs.
+- ``.safetensors`` files are read with safetensors.
+- Official layouts are unwrapped (``base_model`` / ``model`` / ``state_dict``), ``module.`` is removed
+  anywhere in a key, and the prefixes ``MAE_encoder.`` / ``ACT_encoder.`` / ``GPT_Transformer.`` /
+  ``base_model.`` are stripped.
+- Loading is strict: every backbone key must be present with the right shape. Keys a *pretraining*
+  checkpoint cannot have (cls token and position, head, PointGPT's ``cls_norm``) may be missing, and the
+  pretraining-only keys (Point-MAE's decoder) may be unexpected; both are reported. ``strict=False`` is the
+  official behaviour: load whatever matches and report the rest.
+"""
+
+import json
+import os
+import pickle
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from pointgst.errors import CheckpointError, UnsafeCheckpointError
+
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+_PREFIXES = ("MAE_encoder.", "ACT_encoder.", "GPT_Transformer.", "base_model.")
+_WRAPPER_KEYS = ("base_model", "model", "state_dict")
+# keys only a fine-tuning model has: a pretraining checkpoint lacks them
+_FINETUNE_ONLY = re.compile(r"^(cls_token|cls_pos|(blocks\.)?cls_head_finetune\..*|blocks\.cls_norm\..*)$")
+# keys only a pretraining model has (Point-MAE's decoder side)
+_PRETRAIN_ONLY = re.compile(r"^(mask_token|decoder_pos_embed\..*|MAE_decoder\..*|increase_dim\..*)$")
+_HEAD = re.compile(r"^(blocks\.)?cls_head_finetune\.")
+
+
+@dataclass
+class LoadReport:
+    """What a load did: keys the model kept its own values for, keys of the file that were not used,
+    and head keys dropped because the file's head has another number of classes."""
+
+    source: str
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    dropped_head_keys: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        def short(keys: list[str]) -> str:
+            return ", ".join(keys[:6]) + (f", ... ({len(keys)} in all)" if len(keys) > 6 else "")
+        lines = [f"loaded {self.source}"]
+        if self.missing_keys:
+            lines.append(f"  missing (kept the model's own values): {short(self.missing_keys)}")
+        if self.unexpected_keys:
+            lines.append(f"  unexpected (not used): {short(self.unexpected_keys)}")
+        if self.dropped_head_keys:
+            lines.append(f"  head dropped (other number of classes): {short(self.dropped_head_keys)}")
+        return "\n".join(lines)
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint file into a dict without executing code from it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({err}); the file is corrupt or "
+                                  "truncated: download or convert it again") from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"refused to load {path}: its pickle holds objects other than tensors and plain containers, and "
+            "pointgst never executes code from a checkpoint (torch.load weights_only=True). If the file comes "
+            "from a source you trust, re-save only its state dict (torch.save(sd, 'clean.pth')) in a separate "
+            f"session and convert that.\n  detail: {str(err).splitlines()[0]}") from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({err.__class__.__name__}: "
+                              f"{str(err).splitlines()[0] if str(err) else ''}); the file is corrupt or "
+                              "truncated: download it again") from err
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return dict(obj)
+
+
+def unwrap_state_dict(obj: Mapping[str, Any], source: str = "checkpoint") -> dict[str, Tensor]:
+    """Apply the official remapping: take ``base_model`` / ``model`` / ``state_dict`` if present, remove
+    ``module.`` anywhere in a key, strip the official prefixes. Returns a flat ``{key: tensor}``."""
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    state: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(value, Tensor):
+            raise CheckpointError(f"{source}: entry {key!r} is a {type(value).__name__}, not a tensor; this is not "
+                                  "a model state dict (expected a dict of tensors, optionally under 'base_model')")
+        key = key.replace("module.", "")
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+                break
+        state[key] = value
+    if not state:
+        raise CheckpointError(f"{source} holds no tensors")
+    return state
+
+
+def describe_state_dict(state: Mapping[str, Tensor]) -> str:
+    """A short description of a state dict's architecture (family, width, depth) for error messages."""
+    mae = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.blocks\.(\d+)\.", k))}
+    gpt = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.layers\.(\d+)\.", k))}
+    width = next((v.shape[-1] for k, v in state.items() if k.endswith("norm1.weight") or k.endswith("ln_1.weight")),
+                 None)
+    if mae:
+        return f"Point-MAE-style (width {width}, {max(mae) + 1} blocks)"
+    if gpt:
+        return f"PointGPT-style (width {width}, {max(gpt) + 1} blocks)"
+    return "not a Point-MAE or PointGPT backbone"
+
+
+def detect_architecture(state: Mapping[str, Tensor]) -> str:
+    """The architecture name of an (unwrapped, official-layout) state dict, from its block keys and width."""
+    width = next((v.shape[-1] for k, v in state.items() if k.endswith(("norm1.weight", "ln_1.weight"))), None)
+    if any(k.startswith("blocks.blocks.") for k in state):
+        return "point_mae"
+    gpt_sizes = {384: "pointgpt_s", 768: "pointgpt_b", 1024: "pointgpt_l"}
+    if any(k.startswith("blocks.layers.") for k in state) and width in gpt_sizes:
+        return gpt_sizes[width]
+    raise CheckpointError(f"cannot tell the architecture of this checkpoint ({describe_state_dict(state)}); "
+                          "pass it explicitly (--arch point_mae|pointgpt_s|pointgpt_b|pointgpt_l)")
+
+
+def head_classes(state: Mapping[str, Tensor]) -> int | None:
+    """Number of classes of the checkpoint's head, or None if it has no head."""
+    for key in ("cls_head_finetune.8.weight", "blocks.cls_head_finetune.8.weight"):
+        if key in state:
+            return int(state[key].shape[0])
+    return None
+
+
+def fit_state_dict(model: nn.Module, state: Mapping[str, Tensor], *, strict: bool = True,
+                   source: str = "checkpoint") -> LoadReport:
+    """Load ``state`` (official key layout, already unwrapped) into ``model``; return what happened.
+
+    Shape mismatches of backbone keys always raise (the file is another architecture or size). A head whose
+    number of classes differs from the model's is dropped and reported (the model keeps its own head).
+    """
+    own = model.state_dict()
+    report = LoadReport(source=source)
+    usable: dict[str, Tensor] = {}
+    mismatched = []
+    for key, value in state.items():
+        if key not in own:
+            report.unexpected_keys.append(key)
+        elif own[key].shape == value.shape:
+            usable[key] = value
+        elif _HEAD.match(key):
+            report.dropped_head_keys.append(key)
+        else:
+            mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
+    if mismatched:
+        arch = getattr(model, "architecture", type(model).__name__)
+        raise CheckpointError(
+            f"{source} does not fit {arch}: the file is {describe_state_dict(state)}, the model is "
+            f"{describe_state_dict(own)}; {len(mismatched)} shapes differ, e.g. {mismatched[0]}. Create the "
+            "backbone whose architecture matches the file (e.g. create_backbone('pointgpt_l', pretrained=...)).")
+    report.missing_keys = [k for k in own if k not in usable]
+    if strict:
+        _check_strict(report, model, state, source)
+    model.load_state_dict(usable, strict=False)
+    return report
+
+
+def _check_strict(report: LoadReport, model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    head_dropped = set(report.dropped_head_keys)
+    bad_missing = [k for k in report.missing_keys if not _FINETUNE_ONLY.match(k) and k not in head_dropped
+                   and not k.endswith("num_batches_tracked")]
+    bad_unexpected = [k for k in report.unexpected_keys if not _PRETRAIN_ONLY.match(k)]
+    if bad_missing or bad_unexpected:
+        arch = getattr(model, "architecture", type(model).__name__)
+        parts = []
+        if bad_missing:
+            parts.append(f"{len(bad_missing)} backbone keys are missing (e.g. {bad_missing[:3]})")
+        if bad_unexpected:
+            parts.append(f"{len(bad_unexpected)} keys are unknown (e.g. {bad_unexpected[:3]})")
+        raise CheckpointError(
+            f"{source} does not match {arch}: " + "; ".join(parts)  + f". The file is {describe_state_dict(state)}. "
+            "Check that the checkpoint belongs to this architecture, or pass strict=False to load what matches "
+            "(the official, non-strict behaviour); the report lists everything skipped.")
+
+
+def write_weights_folder(state: Mapping[str, Tensor], out_dir: str | os.PathLike, config: Mapping[str, Any], *,
+                         overwrite: bool = False) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (a temporary folder renamed
+    into place). An existing non-empty ``out_dir`` is only replaced with ``overwrite=True``."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass overwrite=True "
+                                  "(--overwrite)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+        if out.exists():
+            backup = out.with_name(f".{out.name}.old")
+            out.rename(backup)
+            tmp.rename(out)
+            _remove_tree(backup)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+    return out
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+    shutil.rmtree(path, ignore_errors=True)

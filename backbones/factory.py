@@ -1,0 +1,152 @@
+"""``create_backbone``: build an architecture, optionally with pretrained weights from a tag, a local path
+or a hub repo id."""
+
+import difflib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from pointgst.errors import CheckpointError, UnknownNameError
+
+from .base import PointBackbone
+from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, LoadReport, fit_state_dict, read_checkpoint, unwrap_state_dict
+from .point_mae import PointMAE
+from .pointgpt import SIZES, PointGPT
+from .pretrained import PRETRAINED_CFGS, PretrainedCfg, hub_snapshot, resolve_pretrained_file
+
+logger = logging.getLogger("pointgst")
+
+ARCHITECTURES: dict[str, Callable[..., PointBackbone]] = {
+    "point_mae": PointMAE,
+    **{size: (lambda size: lambda **kw: PointGPT(size, **kw))(size) for size in SIZES},
+}
+DEFAULT_NUM_CLASSES = 40
+
+
+def list_backbones(pretrained: bool = False) -> list[str]:
+    """Architecture names, or with ``pretrained=True`` every ``arch.tag`` with known weights."""
+    return sorted(PRETRAINED_CFGS) if pretrained else sorted(ARCHITECTURES)
+
+
+def _unknown(name: str) -> UnknownNameError:
+    known = list_backbones() + list_backbones(pretrained=True)
+    close = difflib.get_close_matches(name, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    return UnknownNameError(f"unknown backbone {name!r}.{hint} Architectures: {', '.join(list_backbones())}; "
+                            "pretrained tags: see pointgst.list_backbones(pretrained=True).")
+
+
+def parse_name(name: str) -> tuple[str, PretrainedCfg | None]:
+    """``'point_mae'`` -> ('point_mae', None); ``'point_mae.pretrain'`` -> ('point_mae', its cfg)."""
+    if name in ARCHITECTURES:
+        return name, None
+    if name in PRETRAINED_CFGS:
+        cfg = PRETRAINED_CFGS[name]
+        return cfg.architecture, cfg
+    raise _unknown(name)
+
+
+def create_backbone(name: str, *, pretrained: bool | str | os.PathLike = False, num_classes: int | None = None,
+                    strict: bool = True, **model_kwargs: Any) -> PointBackbone:
+    """Build a backbone.
+
+    name: an architecture (``point_mae``, ``pointgpt_s``, ``pointgpt_b``, ``pointgpt_l``) or a pretrained tag
+        ``arch.tag`` (``point_mae.pretrain``, ``pointgpt_l.post_pretrain``, ...; ``list_backbones(True)``).
+    pretrained: False (official from-scratch init), True (the tag's weights), a local ``.pth`` /
+        ``.safetensors`` file or converted folder, or a hub repo id ``org/name``.
+    num_classes: head size; defaults to the tag's own (fine-tuned tags) or 40. A checkpoint head of another
+        size is dropped and reported, and the new head keeps its fresh initialisation.
+    strict: require every backbone key (see :func:`pointgst.backbones.checkpoint.fit_state_dict`);
+        ``False`` is the official non-strict load, still reported in ``model.load_report``.
+    model_kwargs: architecture options, e.g. ``num_group=128`` for 2048-point clouds.
+    """
+    arch, cfg = parse_name(name)
+    if num_classes is None:
+        num_classes = (cfg.num_classes if cfg else None) or _folder_config(pretrained).get("num_classes") \
+            or DEFAULT_NUM_CLASSES
+    model = ARCHITECTURES[arch](num_classes=num_classes, **model_kwargs)
+    if pretrained is False or pretrained is None:
+        model.init_weights()
+        model.load_report = None
+        return model
+    if pretrained is True:
+        if cfg is None:
+            raise ValueError(f"{name!r} is an architecture without a tag, so pretrained=True has nothing to load; "
+                             f"use a tag such as {arch}.pretrain or pass a file, folder or hub repo id")
+        source = resolve_pretrained_file(cfg)
+    else:
+        source = _local_or_hub(pretrained)
+    report = load_weights(model, source, strict=strict)
+    logger.info("%s", report)
+    model.load_report = report
+    return model
+
+
+def _local_or_hub(pretrained: str | os.PathLike) -> Path:
+    path = Path(pretrained).expanduser()
+    if path.exists():
+        return path
+    text = str(pretrained)
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")) and not Path(text).suffix:
+        return hub_snapshot(text)
+    raise CheckpointError(f"pretrained={text!r} is neither an existing file or folder nor a hub repo id (org/name)")
+
+
+def load_weights(model: PointBackbone, source: str | os.PathLike, *, strict: bool = True) -> LoadReport:
+    """Load a weights file or folder (official ``.pth``, converted safetensors folder, hub snapshot in the
+    torch-pointcloud layout) into ``model``."""
+    path = Path(source)
+    if path.is_dir():
+        _check_folder_architecture(path, model)
+    file = weights_file(path)
+    state = read_official_state(file, model.architecture)
+    return fit_state_dict(model, state, strict=strict, source=str(file))
+
+
+def weights_file(path: Path) -> Path:
+    """The weights file of ``path``: the path itself, or a converted/hub folder's ``model.safetensors``."""
+    if not path.is_dir():
+        return path
+    file = path / WEIGHTS_FILE
+    if not file.is_file():
+        raise CheckpointError(f"{path} holds no {WEIGHTS_FILE}; convert an official checkpoint into it with "
+                              f"`pointgst convert FILE {path}`")
+    return file
+
+
+def read_official_state(file: Path, architecture: str | None) -> dict:
+    """Read ``file`` into the official fine-tuning key layout: official remapping rules, and conversion of
+    the torch-pointcloud hub layout (which needs ``architecture``)."""
+    state = unwrap_state_dict(read_checkpoint(file), source=str(file))
+    from .torch_pointcloud import convert_torch_pointcloud_state_dict, looks_like_torch_pointcloud
+    if looks_like_torch_pointcloud(state):
+        if architecture is None:
+            raise CheckpointError(f"{file} is in the torch-pointcloud hub layout; name its architecture "
+                                  "(--arch point_mae|pointgpt_s|pointgpt_b|pointgpt_l)")
+        state = convert_torch_pointcloud_state_dict(state, architecture)
+    return state
+
+
+def _folder_config(pretrained: Any) -> dict[str, Any]:
+    """The ``config.json`` of a converted weights folder, or {} for anything else."""
+    import json
+    if isinstance(pretrained, bool) or pretrained is None:
+        return {}
+    config_file = Path(pretrained).expanduser() / CONFIG_FILE
+    if not config_file.is_file():
+        return {}
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{config_file} is not valid JSON ({err}); convert the checkpoint again") from err
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file} does not hold a JSON object; convert the checkpoint again")
+    return config
+
+
+def _check_folder_architecture(folder: Path, model: PointBackbone) -> None:
+    arch = _folder_config(folder).get("architecture")
+    if arch and arch != model.architecture:
+        raise CheckpointError(f"{folder} holds {arch} weights but the model is {model.architecture}; "
+                              f"create_backbone({arch!r}, pretrained={str(folder)!r})")

@@ -1,0 +1,95 @@
+"""Building blocks shared by the backbones: stochastic depth, the patch encoder, the classification
+head, and :class:`Sublayer`, the handle through which a tuner reaches one residual branch of a block."""
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+class DropPath(nn.Module):
+    """Per-sample stochastic depth (timm 0.4.5 semantics): ``x / keep * floor(keep + U)``, training only."""
+
+    def __init__(self, drop_prob: float = 0.0):
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        mask = torch.floor(keep + torch.rand(shape, dtype=x.dtype, device=x.device))
+        return x.div(keep) * mask
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Sublayer(nn.Module):
+    """One residual branch of a transformer block, as a module a tuner can wrap.
+
+    The block computes ``x = x + sublayer(x)``; ``sublayer(x)`` calls ``fn``, a method of the block that uses
+    the block's own (registered) layers. The sublayer owns no parameters, so wrapping it (e.g. with a
+    parallel adapter, ``base(x) + adapter(x)``) never changes the backbone's state-dict keys.
+    Input and output: (B, T, C).
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fn(x)
+
+
+def init_vit_weights(module: nn.Module) -> None:
+    """The official from-scratch init: trunc-normal(0.02) Linear/Conv1d weights, zero biases, LayerNorm (1, 0)."""
+    if isinstance(module, (nn.Linear, nn.Conv1d)):
+        nn.init.trunc_normal_(module.weight, std=0.02, a=-2.0, b=2.0)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class PatchEncoder(nn.Module):
+    """Mini-PointNet turning each centred patch into one token.
+
+    ``large=False`` is Point-MAE's / PointGPT-S's encoder (3-128-256 | 512-512-C); ``large=True`` is
+    PointGPT-B/L's (3-256-512-1024 | 2048-2048-C). Module indices match the official state-dict keys.
+    Input (B, G, K, 3) -> tokens (B, G, C).
+    """
+
+    def __init__(self, embed_dim: int, *, large: bool = False):
+        super().__init__()
+        if large:
+            self.first_conv = nn.Sequential(
+                nn.Conv1d(3, 256, 1), nn.BatchNorm1d(256), nn.ReLU(inplace=True),
+                nn.Conv1d(256, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True),
+                nn.Conv1d(512, 1024, 1))
+            local_dim, hidden = 1024, 2048
+        else:
+            self.first_conv = nn.Sequential(
+                nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1))
+            local_dim, hidden = 256, 512
+        self.second_conv = nn.Sequential(
+            nn.Conv1d(2 * local_dim, hidden, 1), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+            nn.Conv1d(hidden, embed_dim, 1))
+
+    def forward(self, neighborhood: Tensor) -> Tensor:
+        b, g, k, _ = neighborhood.shape
+        x = self.first_conv(neighborhood.reshape(b * g, k, 3).transpose(2, 1))  # (BG, local, K)
+        pooled = x.max(dim=2, keepdim=True).values
+        x = torch.cat([pooled.expand(-1, -1, k), x], dim=1)
+        x = self.second_conv(x).max(dim=2).values  # (BG, C)
+        return x.reshape(b, g, -1)
+
+
+def classification_head(in_dim: int, num_classes: int) -> nn.Sequential:
+    """The official fine-tuning head (state-dict indices 0, 1, 4, 5, 8): (B, in_dim) -> (B, num_classes)."""
+    return nn.Sequential(
+        nn.Linear(in_dim, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Dropout(0.5),
+        nn.Linear(256, num_classes))

@@ -1,0 +1,187 @@
+"""PointGPT-S/B/L fine-tuning model, key-for-key with the official ``PointTransformer`` of
+CGuangyan-BIT/PointGPT (243 / 250 / 394 state-dict entries; 29,232,335 / 120,461,263 / 360,457,679
+parameters with 15 classes, the generator branch included)."""
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from pointgst.losses import chamfer_l1, chamfer_l2
+
+from .base import PointBackbone
+from .grouping import PatchGrouper
+from .layers import PatchEncoder, Sublayer, classification_head
+
+SIZES = {
+    "pointgpt_s": dict(embed_dim=384, depth=12, num_heads=6, large_encoder=False),
+    "pointgpt_b": dict(embed_dim=768, depth=12, num_heads=12, large_encoder=True),
+    "pointgpt_l": dict(embed_dim=1024, depth=24, num_heads=16, large_encoder=True),
+}
+GENERATOR_DEPTH = 4
+POINTS_PER_PATCH = 32  # the generator's increase_dim predicts 32 x 3 coordinates per patch
+
+
+class SinePositionEmbedding(nn.Module):
+    """PointGPT's parameter-free ``PositionEmbeddingCoordsSine`` (temperature 10000, scale 1).
+
+    Per coordinate ``F = (C // 3) // 2 * 2`` features ``sin/cos(2π u / 10000^(2⌊i/2⌋/F))`` interleaved
+    (sin on even i, cos on odd i); coordinates concatenated x | y | z, zero-padded to C.
+    xyz (B, L, 3) -> (B, L, C).
+    """
+
+    def __init__(self, dim: int, temperature: float = 10000.0):
+        super().__init__()
+        self.dim = dim
+        self.temperature = temperature
+        self.per_axis = (dim // 3) // 2 * 2
+
+    def forward(self, xyz: Tensor) -> Tensor:
+        f = self.per_axis
+        i = torch.arange(f, dtype=torch.float32, device=xyz.device)
+        dim_t = self.temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / f)
+        v = (xyz.float() * 2 * math.pi).unsqueeze(-1) / dim_t  # (B, L, 3, F)
+        emb = torch.stack([v[..., 0::2].sin(), v[..., 1::2].cos()], dim=-1).flatten(-2)  # interleaved
+        emb = emb.flatten(-2)  # (B, L, 3F)
+        pad = self.dim - 3 * f
+        if pad:
+            emb = torch.cat([emb, emb.new_zeros(*emb.shape[:-1], pad)], dim=-1)
+        return emb.to(xyz.dtype)
+
+
+class GPTBlock(nn.Module):
+    """PointGPT's block: ``x = LN1(x)`` (the residual stream is replaced by its normalisation), then
+    ``x + attn_branch(x)`` with causal multi-head attention, then ``x + ffn_branch(x)`` with
+    ``ffn_branch(x) = MLP(LN2(x))``. (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.attn_branch = Sublayer(self._attention)
+        self.ffn_branch = Sublayer(self._feed_forward)
+
+    def _attention(self, x: Tensor) -> Tensor:
+        t = x.shape[1]
+        causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), diagonal=1)
+        return self.attn(x, x, x, attn_mask=causal, need_weights=False)[0]
+
+    def _feed_forward(self, x: Tensor) -> Tensor:
+        return self.mlp(self.ln_2(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.ln_1(x)
+        x = x + self.attn_branch(x)
+        return x + self.ffn_branch(x)
+
+
+class GPTStack(nn.Module):
+    """A causal block stack with ``sos``, ``ln_f`` and ``increase_dim`` (the official ``GPT_extractor`` /
+    ``GPT_generator`` layout). ``pos`` is re-added before every layer."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int):
+        super().__init__()
+        self.sos = nn.Parameter(torch.zeros(dim))
+        self.layers = nn.ModuleList(GPTBlock(dim, num_heads) for _ in range(depth))
+        self.ln_f = nn.LayerNorm(dim)
+        self.increase_dim = nn.Sequential(nn.Conv1d(dim, 3 * POINTS_PER_PATCH, 1))
+        nn.init.normal_(self.sos)
+
+    def run_layers(self, h: Tensor, pos: Tensor) -> Tensor:
+        """h, pos (B, T, C) -> ln_f(layers(h)) (B, T, C)."""
+        for layer in self.layers:
+            h = layer(h + pos)
+        return self.ln_f(h)
+
+
+class GPTExtractor(GPTStack):
+    """The extractor stack plus the fine-tuning head ``cls_head_finetune`` and ``cls_norm``."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, num_classes: int):
+        super().__init__(dim, depth, num_heads)
+        self.cls_head_finetune = classification_head(2 * dim, num_classes)
+        self.cls_norm = nn.LayerNorm(dim)
+
+
+class PointGPT(PointBackbone):
+    """PointGPT classifier. points (B, N, 3) -> logits (B, num_classes).
+
+    Patches are ordered by the nearest-neighbour chain. Tokens ``[sos, cls, t_1..t_L]`` with positions
+    ``[cls_pos, sos_pos, PE(c_1)..PE(c_L)]`` (the official swap), causal attention at fine-tuning too, so
+    the cls output is input-independent; features ``[cls output, max over point tokens]`` after
+    ``ln_f`` and ``cls_norm``. ``with_generator`` builds the generator branch of the official fine-tuning
+    model (its keys are in the official checkpoints); :meth:`forward_with_generation` uses it.
+    """
+
+    classifier_name = "blocks.cls_head_finetune"
+    num_special_tokens = 2
+
+    def __init__(self, size: str = "pointgpt_s", num_classes: int = 40, *, num_group: int = 64,
+                 group_size: int = 32, with_generator: bool = True, skip_near_origin: bool = False):
+        if size not in SIZES:
+            raise ValueError(f"unknown PointGPT size {size!r}; choose one of {sorted(SIZES)}")
+        spec = SIZES[size]
+        super().__init__(dict(size=size, num_classes=num_classes, num_group=num_group, group_size=group_size,
+                              with_generator=with_generator, skip_near_origin=skip_near_origin,
+                              embed_dim=spec["embed_dim"], depth=spec["depth"], num_heads=spec["num_heads"]))
+        self.architecture = size
+        dim, heads = spec["embed_dim"], spec["num_heads"]
+        self.group_divider = PatchGrouper(num_group, group_size, order="nn_chain",
+                                          skip_near_origin=skip_near_origin)
+        self.encoder = PatchEncoder(dim, large=spec["large_encoder"])
+        self.pos_embed = SinePositionEmbedding(dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.cls_pos = nn.Parameter(torch.randn(1, 1, dim))
+        self.sos_pos = nn.Parameter(torch.zeros(1, 1, dim))
+        self.blocks = GPTExtractor(dim, spec["depth"], heads, num_classes)
+        self.generator_blocks = GPTStack(dim, GENERATOR_DEPTH, heads) if with_generator else None
+        self.norm = nn.LayerNorm(dim)  # present in the official model and its checkpoints, never used
+        nn.init.trunc_normal_(self.cls_token, std=0.02, a=-2.0, b=2.0)
+        nn.init.trunc_normal_(self.cls_pos, std=0.02, a=-2.0, b=2.0)
+
+    @property
+    def transformer_blocks(self) -> list[nn.Module]:
+        return list(self.blocks.layers)
+
+    def _extract(self, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """points -> (ln_f output (B, L+2, C) for [sos, cls, t_1..t_L], neighborhood, centers)."""
+        neighborhood, centers = self.group(points)
+        tokens = self.encoder(neighborhood)
+        b = tokens.shape[0]
+        h = torch.cat([self.blocks.sos.expand(b, 1, -1), self.cls_token.expand(b, -1, -1), tokens], dim=1)
+        pos = torch.cat([self.cls_pos.expand(b, -1, -1), self.sos_pos.expand(b, -1, -1),
+                         self.pos_embed(centers)], dim=1)
+        return self.blocks.run_layers(h, pos), neighborhood, centers
+
+    @staticmethod
+    def _pool(h: Tensor) -> Tensor:
+        return torch.cat([h[:, 1], h[:, 2:].max(dim=1).values], dim=-1)
+
+    def forward_features(self, points: Tensor) -> Tensor:
+        h, _, _ = self._extract(points)
+        return self._pool(self.blocks.cls_norm(h))
+
+    def forward_with_generation(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """The official fine-tuning objective's two parts: (logits (B, classes), generation loss (scalar)).
+
+        The generator reads ``[h_sos, h_t1..h_t(L-1)]`` (before ``cls_norm``) with positions
+        ``PE([c_1, unit(c_i - c_(i-1))])`` and predicts every patch in absolute coordinates; the loss is
+        Chamfer-L1 + Chamfer-L2. The official total loss is ``CE + 3 * generation_loss``.
+        """
+        if self.generator_blocks is None:
+            raise ValueError("this PointGPT was built with with_generator=False; create it with "
+                             "with_generator=True to use the generation branch")
+        h, neighborhood, centers = self._extract(points)
+        logits = self.forward_head(self._pool(self.blocks.cls_norm(h)))
+        enc = torch.cat([h[:, :1], h[:, 2:-1]], dim=1)  # (B, L, C)
+        steps = centers[:, 1:] - centers[:, :-1]
+        directions = steps / steps.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        rel_pos = self.pos_embed(torch.cat([centers[:, :1], directions], dim=1))
+        out = self.generator_blocks.run_layers(enc, rel_pos)  # (B, L, C)
+        b, length, _ = out.shape
+        pred = self.generator_blocks.increase_dim(out.transpose(1, 2)).transpose(1, 2)
+        pred = pred.reshape(b * length, POINTS_PER_PATCH, 3)
+        target = (neighborhood + centers.unsqueeze(2)).reshape(b * length, -1, 3)
+        return logits, chamfer_l1(pred, target) + chamfer_l2(pred, target)

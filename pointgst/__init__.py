@@ -1,0 +1,29 @@
+"""pointgst: parameter-efficient fine-tuning of pretrained point-cloud transformers.
+
+The public names are imported lazily, so ``import pointgst`` stays fast (torch and peft load on first use).
+"""
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "create_backbone": "pointgst.backbones",
+    "list_backbones": "pointgst.backbones",
+    "convert_checkpoint": "pointgst.backbones.convert",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'pointgst' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

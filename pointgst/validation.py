@@ -1,0 +1,31 @@
+"""Input checks shared by every backbone: shape, dtype, finiteness and point count."""
+
+import torch
+from torch import Tensor
+
+from pointgst.errors import PointCloudError
+
+
+def check_point_cloud(points: Tensor, *, min_points: int = 1, name: str = "points") -> None:
+    """Raise :class:`PointCloudError` unless ``points`` is a finite float tensor ``(B, N, 3)``
+    with ``N >= min_points``."""
+    if not isinstance(points, Tensor):
+        raise PointCloudError(f"{name} must be a torch.Tensor of shape (B, N, 3), got {type(points).__name__}; "
+                              "convert with torch.as_tensor(array, dtype=torch.float32)")
+    if points.dim() != 3:
+        hint = " (add a batch dimension with points.unsqueeze(0))" if points.dim() == 2 else ""
+        raise PointCloudError(f"{name} must have shape (B, N, 3), got {tuple(points.shape)}{hint}")
+    if points.shape[-1] != 3:
+        hint = " (pass xyz only, e.g. points[..., :3])" if points.shape[-1] > 3 else ""
+        raise PointCloudError(f"{name} must have 3 coordinates in the last dimension, got shape "
+                              f"{tuple(points.shape)}{hint}")
+    if not points.is_floating_point():
+        raise PointCloudError(f"{name} must be a floating-point tensor, got {points.dtype}; use points.float()")
+    if points.shape[1] < min_points:
+        raise PointCloudError(f"{name} has {points.shape[1]} points per cloud but this model needs at least "
+                              f"{min_points} (num_group and group_size); resample the clouds to more points or "
+                              "create the backbone with a smaller num_group / group_size")
+    if not torch.isfinite(points).all():
+        bad = (~torch.isfinite(points)).any(dim=-1).any(dim=-1).nonzero().flatten().tolist()
+        raise PointCloudError(f"{name} contains NaN or inf values (batch items {bad[:8]}); clean or drop those "
+                              "clouds before the forward pass")

@@ -1,0 +1,1 @@
+"""Recipes: one YAML per (backbone x dataset) setting."""
