@@ -30,10 +30,13 @@ from pointgst.errors import CheckpointError, UnsafeCheckpointError
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+FOLDER_FORMAT = "pointgst-backbone"  # the "format" field of a converted folder's config.json
 _PREFIXES = ("MAE_encoder.", "ACT_encoder.", "GPT_Transformer.", "base_model.")
 _WRAPPER_KEYS = ("base_model", "model", "state_dict")
-# keys only a fine-tuning model has: a pretraining checkpoint lacks them
-_FINETUNE_ONLY = re.compile(r"^(cls_token|cls_pos|(blocks\.)?cls_head_finetune\..*|blocks\.cls_norm\..*)$")
+# keys a pretraining checkpoint may lack: those only a fine-tuning model has, and PointGPT's extractor
+# ``increase_dim``, which the classification forward never uses (torch-pointcloud files leave it out)
+_FINETUNE_ONLY = re.compile(
+    r"^(cls_token|cls_pos|(blocks\.)?cls_head_finetune\..*|blocks\.cls_norm\..*|blocks\.increase_dim\..*)$")
 # keys only a pretraining model has (Point-MAE's decoder side)
 _PRETRAIN_ONLY = re.compile(r"^(mask_token|decoder_pos_embed\..*|MAE_decoder\..*|increase_dim\..*)$")
 _HEAD = re.compile(r"^(blocks\.)?cls_head_finetune\.")
@@ -153,19 +156,21 @@ def fit_state_dict(model: nn.Module, state: Mapping[str, Tensor], *, strict: boo
     """Load ``state`` (official key layout, already unwrapped) into ``model``; return what happened.
 
     Shape mismatches of backbone keys always raise (the file is another architecture or size). A head whose
-    number of classes differs from the model's is dropped and reported (the model keeps its own head).
+    number of classes differs from the model's is dropped whole and reported (the model keeps its own head).
     """
     own = model.state_dict()
     report = LoadReport(source=source)
+    fits = {k: k in own and own[k].shape == v.shape for k, v in state.items()}
+    drop_head = any(not fit and k in own and _HEAD.match(k) for k, fit in fits.items())
     usable: dict[str, Tensor] = {}
     mismatched = []
     for key, value in state.items():
         if key not in own:
             report.unexpected_keys.append(key)
-        elif own[key].shape == value.shape:
-            usable[key] = value
-        elif _HEAD.match(key):
+        elif drop_head and _HEAD.match(key):
             report.dropped_head_keys.append(key)
+        elif fits[key]:
+            usable[key] = value
         else:
             mismatched.append(f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}")
     if mismatched:

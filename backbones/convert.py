@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pointgst import __version__
 
-from .checkpoint import LoadReport, detect_architecture, fit_state_dict, head_classes, write_weights_folder
+from .checkpoint import FOLDER_FORMAT, LoadReport, detect_architecture, fit_state_dict, head_classes, write_weights_folder
 from .factory import ARCHITECTURES, DEFAULT_NUM_CLASSES, read_official_state
 
 
@@ -35,7 +35,7 @@ def convert_checkpoint(file: str | os.PathLike, out_dir: str | os.PathLike, *, a
     report = fit_state_dict(model, state, strict=True, source=str(file))
     own = model.state_dict()
     kept = {k: v for k, v in state.items() if k in own}
-    config = {"format": "pointgst-backbone", "architecture": arch, "num_classes": classes,
+    config = {"format": FOLDER_FORMAT, "architecture": arch, "num_classes": classes,
               "source_file": file.name, "source_sha256": sha256_of(file), "pointgst_version": __version__,
               "missing_keys": report.missing_keys, "skipped_keys": report.unexpected_keys}
     return write_weights_folder(kept, out_dir, config, overwrite=overwrite), report

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from pointgst.errors import CheckpointError, UnknownNameError
 
 from .base import PointBackbone
-from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, LoadReport, fit_state_dict, read_checkpoint, unwrap_state_dict
+from .checkpoint import CONFIG_FILE, FOLDER_FORMAT, WEIGHTS_FILE, LoadReport, fit_state_dict, read_checkpoint, unwrap_state_dict
 from .point_mae import PointMAE
 from .pointgpt import SIZES, PointGPT
 from .pretrained import PRETRAINED_CFGS, PretrainedCfg, hub_snapshot, resolve_pretrained_file
@@ -62,21 +62,22 @@ def create_backbone(name: str, *, pretrained: bool | str | os.PathLike = False, 
     model_kwargs: architecture options, e.g. ``num_group=128`` for 2048-point clouds.
     """
     arch, cfg = parse_name(name)
-    if num_classes is None:
-        num_classes = (cfg.num_classes if cfg else None) or _folder_config(pretrained).get("num_classes") \
-            or DEFAULT_NUM_CLASSES
-    model = ARCHITECTURES[arch](num_classes=num_classes, **model_kwargs)
-    if pretrained is False or pretrained is None:
-        model.init_weights()
-        model.load_report = None
-        return model
+    source = None
     if pretrained is True:
         if cfg is None:
             raise ValueError(f"{name!r} is an architecture without a tag, so pretrained=True has nothing to load; "
                              f"use a tag such as {arch}.pretrain or pass a file, folder or hub repo id")
         source = resolve_pretrained_file(cfg)
-    else:
+    elif pretrained is not False and pretrained is not None:
         source = _local_or_hub(pretrained)
+    if num_classes is None:
+        num_classes = (cfg.num_classes if cfg else None) or (source and _folder_config(source).get("num_classes")) \
+            or DEFAULT_NUM_CLASSES
+    model = ARCHITECTURES[arch](num_classes=num_classes, **model_kwargs)
+    if source is None:
+        model.init_weights()
+        model.load_report = None
+        return model
     report = load_weights(model, source, strict=strict)
     logger.info("%s", report)
     model.load_report = report
@@ -124,16 +125,15 @@ def read_official_state(file: Path, architecture: str | None) -> dict:
         if architecture is None:
             raise CheckpointError(f"{file} is in the torch-pointcloud hub layout; name its architecture "
                                   "(--arch point_mae|pointgpt_s|pointgpt_b|pointgpt_l)")
-        state = convert_torch_pointcloud_state_dict(state, architecture)
+        # the converter returns the official checkpoint layout (pretrain prefixes included)
+        state = unwrap_state_dict(convert_torch_pointcloud_state_dict(state, architecture), source=str(file))
     return state
 
 
-def _folder_config(pretrained: Any) -> dict[str, Any]:
-    """The ``config.json`` of a converted weights folder, or {} for anything else."""
+def _folder_config(folder: Path) -> dict[str, Any]:
+    """The ``config.json`` of a folder written by ``pointgst convert``, or {} for anything else."""
     import json
-    if isinstance(pretrained, bool) or pretrained is None:
-        return {}
-    config_file = Path(pretrained).expanduser() / CONFIG_FILE
+    config_file = folder / CONFIG_FILE
     if not config_file.is_file():
         return {}
     try:
@@ -142,7 +142,7 @@ def _folder_config(pretrained: Any) -> dict[str, Any]:
         raise CheckpointError(f"{config_file} is not valid JSON ({err}); convert the checkpoint again") from err
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_file} does not hold a JSON object; convert the checkpoint again")
-    return config
+    return config if config.get("format") == FOLDER_FORMAT else {}
 
 
 def _check_folder_architecture(folder: Path, model: PointBackbone) -> None:

@@ -23,14 +23,16 @@ POINTS_PER_PATCH = 32  # the generator's increase_dim predicts 32 x 3 coordinate
 
 
 class SinePositionEmbedding(nn.Module):
-    """PointGPT's parameter-free ``PositionEmbeddingCoordsSine`` (temperature 10000, scale 1).
+    """PointGPT's parameter-free ``PositionEmbeddingCoordsSine``.
 
-    Per coordinate ``F = (C // 3) // 2 * 2`` features ``sin/cos(2π u / 10000^(2⌊i/2⌋/F))`` interleaved
+    Per coordinate ``F = (C // 3) // 2 * 2`` features ``sin/cos(2π u / T^(2⌊i/2⌋/F))`` interleaved
     (sin on even i, cos on odd i); coordinates concatenated x | y | z, zero-padded to C.
-    xyz (B, L, 3) -> (B, L, C).
+    The official model builds it as ``PositionEmbeddingCoordsSine(3, C, 1.0)``: the third argument is the
+    temperature, so T = 1 (every frequency equals 2π), not the class default 10000
+    (CGuangyan-BIT/PointGPT ``models/PointGPT.py``). xyz (B, L, 3) -> (B, L, C).
     """
 
-    def __init__(self, dim: int, temperature: float = 10000.0):
+    def __init__(self, dim: int, temperature: float = 1.0):
         super().__init__()
         self.dim = dim
         self.temperature = temperature

@@ -1,0 +1,62 @@
+"""Point Cloud Spectral Adapter (PCSA), the tunable module of PointGST (``docs/pointgst.md`` section 2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from pointgst.spectral import SpectralBasis
+
+
+class PCSA(nn.Module):
+    """Low-rank adapter that mixes the point tokens in the global and local graph-spectral domains.
+
+    Runs parallel to a block's MLP sublayer and returns an additive correction. Submodule names match the
+    official ``gft_adapter`` so state-dict keys are ``{down,up,adapt1,norm_ly1,norm_ly2}.{weight,bias}``.
+    ``up`` and ``adapt1`` start at zero, so the output is exactly zero at initialisation.
+
+    Args:
+        dim: token width d.
+        rank: bottleneck width r (36 in every official config).
+    """
+
+    def __init__(self, dim: int, rank: int = 36) -> None:
+        super().__init__()
+        self.dim = dim
+        self.rank = rank
+        self.down = nn.Linear(dim, rank)
+        self.up = nn.Linear(rank, dim)
+        self.adapt1 = nn.Linear(rank, rank)  # shared by the global and the local branch
+        self.norm_ly1 = nn.LayerNorm(rank)  # global branch
+        self.norm_ly2 = nn.LayerNorm(rank)  # local branch
+        self.act = nn.SiLU()
+        self.scale = 1.0
+        nn.init.xavier_uniform_(self.down.weight)  # down.bias keeps PyTorch's default init
+        for layer in (self.up, self.adapt1):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor, basis: SpectralBasis) -> Tensor:
+        """(B, T, d) tokens -> (B, T, d) correction.
+
+        The last ``G = basis.num_nodes`` tokens are point tokens; the leading ``T - G`` are special tokens
+        (cls, or sos + cls), which only get ``up(SiLU(down(x)))``.
+        """
+        g = basis.num_nodes
+        if x.ndim != 3 or x.shape[-1] != self.dim or x.shape[1] < g:
+            raise ValueError(
+                f"expected tokens of shape (B, T >= G={g}, d={self.dim}), got {tuple(x.shape)}; the last G tokens "
+                "must be the point tokens whose centres built the spectral basis"
+            )
+        h = self.down(x)
+        s = h[:, -g:]  # point tokens, before the activation
+        a = self.act(h)
+        f_global = basis.to_spectral_global(s)  # (B, G, r)
+        s_global = basis.from_spectral_global(f_global + self.act(self.adapt1(self.norm_ly1(f_global))))
+        f_local = basis.to_spectral_local(s)  # (B, m, k, r)
+        s_local = basis.from_spectral_local(f_local + self.act(self.adapt1(self.norm_ly2(f_local))))
+        a = torch.cat([a[:, :-g], a[:, -g:] + s_global + s_local], dim=1)
+        return self.up(a) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, rank={self.rank}, scale={self.scale}"

@@ -1,0 +1,218 @@
+"""Graph-spectral bases of token centres, shared by every spectral adapter of a model.
+
+From the token centres ``(B, G, 3)`` of one forward pass, :func:`compute_spectral_basis` builds
+
+- one *global* graph per sample over all G centres, and
+- ``m = G // k`` *local* graphs per sample: the centres sorted along a space-filling curve and cut into
+  consecutive chunks of ``k = local_size`` centres,
+
+and returns their Laplacian eigenbases in a :class:`SpectralBasis`, a plain Python object (never a module,
+buffer or parameter, so it is never saved and never trained) that also performs the graph Fourier transforms.
+
+Every graph is dense, with the data-dependent inverse-distance weights of the official PointGST code::
+
+    W_ij = d_min / d_ij  (i != j),    W_ii = 1,
+
+where ``d_min`` is the smallest positive centre distance (per sample or over the whole call, see
+``SpectralOptions.dmin_scope``). Coincident centres (``d_ij = 0``, ``i != j``), which make the official
+weights infinite, get weight 1: the largest off-diagonal weight, as if they were ``d_min`` apart. A sample
+whose centres all coincide thus gets the complete graph with unit weights and still a finite basis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pointgst.errors import PointCloudError, UnknownNameError
+from pointgst.ops import curve_key, gather_points
+from pointgst.validation import check_point_cloud
+
+CURVES = ("z_order", "hilbert")
+LAPLACIANS = ("normalized", "combinatorial")
+DMIN_SCOPES = ("sample", "batch")
+GFT_MODES = ("paper", "official_code")
+EIGH_DTYPES = (torch.float32, torch.float64)
+
+_DEGREE_EPS = 1e-6  # added to the degrees before rsqrt, as in the official code
+
+
+def _check_choice(name: str, value: object, choices: tuple) -> None:
+    if value not in choices:
+        raise UnknownNameError(f"unknown {name}={value!r}; valid choices: {', '.join(map(repr, choices))}")
+
+
+@dataclass(frozen=True)
+class SpectralOptions:
+    """How the graphs and their bases are built.
+
+    Defaults are the corrected behaviour; the official PointGST code corresponds to
+    ``dmin_scope="batch"``, ``gft_mode="official_code"`` (quirks Q3 and Q1 of ``docs/pointgst.md``).
+    """
+
+    local_size: int = 32
+    """Nodes per local graph (k); the number of centres G must be a multiple of it."""
+    curve: str = "z_order"
+    """Space-filling curve that orders the centres before chunking: "z_order" (official Morton key) or "hilbert"."""
+    laplacian: str = "normalized"
+    """"normalized": L = I - D^-1/2 W D^-1/2 (official HEAD); "combinatorial": L = D - W (first release)."""
+    dmin_scope: str = "sample"
+    """Where d_min is taken: "sample" (per sample; default) or "batch" (one scalar per call, official quirk Q3)."""
+    gft_mode: str = "paper"
+    """"paper": forward transform U^T x (the graph Fourier transform); "official_code": U x (official quirk Q1)."""
+    eigh_dtype: torch.dtype = torch.float32
+    """Precision of the Laplacians and their eigendecomposition: torch.float32 (official) or torch.float64."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.local_size, bool) or not isinstance(self.local_size, int) or self.local_size < 1:
+            raise ValueError(f"local_size must be a positive int, got {self.local_size!r}")
+        _check_choice("curve", self.curve, CURVES)
+        _check_choice("laplacian", self.laplacian, LAPLACIANS)
+        _check_choice("dmin_scope", self.dmin_scope, DMIN_SCOPES)
+        _check_choice("gft_mode", self.gft_mode, GFT_MODES)
+        _check_choice("eigh_dtype", self.eigh_dtype, EIGH_DTYPES)
+
+
+@dataclass(frozen=True, eq=False)
+class SpectralBasis:
+    """Global and local Laplacian eigenbases of one batch of token centres, with their transforms.
+
+    Columns of each basis are eigenvectors, ordered by ascending eigenvalue (low to high frequency).
+    Local graph ``j`` of sample ``b`` holds the centres ``order[b, j*k:(j+1)*k]``.
+    """
+
+    global_basis: Tensor
+    """(B, G, G) eigenvectors of the global graphs."""
+    global_eigenvalues: Tensor
+    """(B, G) ascending."""
+    local_basis: Tensor
+    """(B, m, k, k) eigenvectors of the local graphs."""
+    local_eigenvalues: Tensor
+    """(B, m, k) ascending."""
+    order: Tensor
+    """(B, G) int64 permutation sorting the centres along the curve."""
+    inverse_order: Tensor
+    """(B, G) int64 inverse permutation: ``x[b, order[b]][inverse_order[b]] == x[b]``."""
+    gft_mode: str = "paper"
+    """"paper": forward U^T x, inverse U f; "official_code": forward U x, inverse U^T f."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.global_basis.shape[0]
+
+    @property
+    def num_nodes(self) -> int:
+        """G, the number of token centres (point tokens)."""
+        return self.global_basis.shape[-1]
+
+    @property
+    def local_size(self) -> int:
+        """k, the number of nodes per local graph."""
+        return self.local_basis.shape[-1]
+
+    def to_spectral_global(self, x: Tensor) -> Tensor:
+        """(B, G, C) node signals -> (B, G, C) global spectral coefficients."""
+        self._check_signal(x)
+        return self._transform(self.global_basis, x, inverse=False)
+
+    def from_spectral_global(self, f: Tensor) -> Tensor:
+        """(B, G, C) global spectral coefficients -> (B, G, C) node signals."""
+        return self._transform(self.global_basis, f, inverse=True)
+
+    def to_spectral_local(self, x: Tensor) -> Tensor:
+        """(B, G, C) node signals -> (B, m, k, C): sorted along the curve, chunked, transformed per chunk."""
+        self._check_signal(x)
+        chunks = gather_points(x, self.order.unflatten(1, (-1, self.local_size)))
+        return self._transform(self.local_basis, chunks, inverse=False)
+
+    def from_spectral_local(self, f: Tensor) -> Tensor:
+        """(B, m, k, C) local spectral coefficients -> (B, G, C) node signals in the original node order."""
+        b, m, k, c = f.shape
+        chunks = self._transform(self.local_basis, f, inverse=True)
+        return gather_points(chunks.reshape(b, m * k, c), self.inverse_order)
+
+    def _transform(self, basis: Tensor, x: Tensor, *, inverse: bool) -> Tensor:
+        # paper: forward U^T, inverse U; official_code: forward U, inverse U^T.
+        transpose = (self.gft_mode == "paper") != inverse
+        return (basis.mT if transpose else basis) @ x
+
+    def _check_signal(self, x: Tensor) -> None:
+        if x.ndim != 3 or x.shape[0] != self.batch_size or x.shape[1] != self.num_nodes:
+            raise ValueError(
+                f"expected node signals of shape (B={self.batch_size}, G={self.num_nodes}, C), got "
+                f"{tuple(x.shape)}; pass only the point tokens of the batch the basis was computed for"
+            )
+
+
+def compute_spectral_basis(centers: Tensor, options: SpectralOptions = SpectralOptions()) -> SpectralBasis:
+    """Spectral bases of the global and local graphs of token centres ``(B, G, 3)``.
+
+    Two batched eigendecompositions (all global graphs, then all local graphs), without gradient.
+    Bases and eigenvalues are returned in the dtype of ``centers``.
+    """
+    _check_centers(centers, options.local_size)
+    with torch.no_grad():
+        order = torch.argsort(curve_key(centers, options.curve), dim=1, stable=True)
+        inverse_order = torch.argsort(order, dim=1)
+        local_centers = gather_points(centers, order.unflatten(1, (-1, options.local_size)))
+        global_values, global_basis = _graph_eigh(centers.unsqueeze(1), options)
+        local_values, local_basis = _graph_eigh(local_centers, options)
+    return SpectralBasis(
+        global_basis=global_basis.squeeze(1).to(centers.dtype),
+        global_eigenvalues=global_values.squeeze(1).to(centers.dtype),
+        local_basis=local_basis.to(centers.dtype),
+        local_eigenvalues=local_values.to(centers.dtype),
+        order=order,
+        inverse_order=inverse_order,
+        gft_mode=options.gft_mode,
+    )
+
+
+def graph_adjacency(centers: Tensor, dmin_scope: str = "sample") -> Tensor:
+    """Dense adjacency ``(B, M, n, n)`` of ``B`` samples of ``M`` graphs with ``n`` nodes, centres ``(B, M, n, 3)``.
+
+    ``W_ij = d_min / d_ij`` for ``d_ij > 0``; 1 on the diagonal and for coincident centres. ``d_min`` is the
+    smallest positive distance over the M graphs of each sample ("sample") or over the whole tensor ("batch");
+    1 where there is none (all centres coincide: every weight is then 1 anyway).
+    """
+    _check_choice("dmin_scope", dmin_scope, DMIN_SCOPES)
+    dist = (centers.unsqueeze(-2) - centers.unsqueeze(-3)).square().sum(-1).sqrt()
+    positive = dist > 0
+    dims = (1, 2, 3) if dmin_scope == "sample" else (0, 1, 2, 3)
+    d_min = torch.where(positive, dist, torch.inf).amin(dim=dims, keepdim=True)
+    d_min = torch.where(torch.isinf(d_min), 1.0, d_min)
+    return torch.where(positive, d_min / torch.where(positive, dist, 1.0), 1.0)
+
+
+def graph_laplacian(adjacency: Tensor, kind: str = "normalized") -> Tensor:
+    """Laplacian ``(..., n, n)`` of dense adjacencies ``(..., n, n)``; degrees include the self-loop.
+
+    "normalized": ``I - D^-1/2 W D^-1/2`` with ``D^-1/2 = rsqrt(D + 1e-6)``; "combinatorial": ``D - W``.
+    """
+    _check_choice("laplacian", kind, LAPLACIANS)
+    degree = adjacency.sum(-1)
+    if kind == "combinatorial":
+        return torch.diag_embed(degree) - adjacency
+    inv_sqrt = torch.rsqrt(degree + _DEGREE_EPS)
+    eye = torch.eye(adjacency.shape[-1], dtype=adjacency.dtype, device=adjacency.device)
+    return eye - inv_sqrt.unsqueeze(-1) * adjacency * inv_sqrt.unsqueeze(-2)
+
+
+def _graph_eigh(centers: Tensor, options: SpectralOptions) -> tuple[Tensor, Tensor]:
+    """Eigenvalues ``(B, M, n)`` ascending and eigenvectors ``(B, M, n, n)`` (columns) of the Laplacians of
+    ``B x M`` graphs with centres ``(B, M, n, 3)``, in one batched ``eigh`` call in ``options.eigh_dtype``."""
+    adjacency = graph_adjacency(centers.to(options.eigh_dtype), options.dmin_scope)
+    return torch.linalg.eigh(graph_laplacian(adjacency, options.laplacian))
+
+
+def _check_centers(centers: Tensor, local_size: int) -> None:
+    check_point_cloud(centers, name="centers")
+    g = centers.shape[1]
+    if g % local_size:
+        raise PointCloudError(
+            f"G={g} token centres cannot be cut into local graphs of k={local_size} centres (G % k = "
+            f"{g % local_size}); use a number of groups G that is a multiple of local_size, or a local_size "
+            "that divides G"
+        )
