@@ -7,7 +7,7 @@ from torch import Tensor, nn
 from pointgst.validation import check_point_cloud
 
 from .grouping import PatchGrouper
-from .layers import classification_head, init_vit_weights
+from .layers import Handle, classification_head, init_vit_weights
 
 
 class PointBackbone(nn.Module):
@@ -15,31 +15,42 @@ class PointBackbone(nn.Module):
 
     Subclasses set ``group_divider`` (a :class:`PatchGrouper`), implement :meth:`forward_features`, and
     keep their transformer blocks in :attr:`transformer_blocks`, each exposing the residual branches
-    ``attn_branch`` and ``ffn_branch`` (:class:`~pointgst.backbones.layers.Sublayer`). After every forward,
-    :attr:`token_centers` holds the centres (B, G, 3) of the point tokens in token order.
+    ``attn_branch`` and ``ffn_branch`` (:class:`~pointgst.backbones.layers.Handle`); the cls token and
+    position are read through the ``special_tokens`` handle. After every forward, :attr:`token_centers`
+    holds the centres (B, G, 3) of the point tokens in token order.
     """
 
     architecture: str = ""
     classifier_name: str = ""
+    #: modules trained together with the head in PEFT (the official trainable set beside adapters and tokens)
+    head_modules: tuple[str, ...] = ()
     num_special_tokens: int = 0
     group_divider: PatchGrouper
+    cls_token: nn.Parameter
+    cls_pos: nn.Parameter
 
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, arch_config: dict[str, Any]):
         super().__init__()
-        self.config = dict(config)
+        self.arch_config = dict(arch_config)
         self.token_centers: Tensor | None = None
+        self.name_or_path: str | None = None  # what create_backbone was given; recorded in peft adapter configs
+        self.special_tokens = Handle(self._special_tokens)
+
+    def _special_tokens(self) -> tuple[Tensor, Tensor]:
+        """The learnable cls token and its position, each (1, 1, C)."""
+        return self.cls_token, self.cls_pos
 
     @property
     def embed_dim(self) -> int:
-        return self.config["embed_dim"]
+        return self.arch_config["embed_dim"]
 
     @property
     def depth(self) -> int:
-        return self.config["depth"]
+        return self.arch_config["depth"]
 
     @property
     def num_classes(self) -> int:
-        return self.config["num_classes"]
+        return self.arch_config["num_classes"]
 
     @property
     def num_features(self) -> int:
@@ -81,7 +92,7 @@ class PointBackbone(nn.Module):
         old = getattr(parent, attr)
         new = classification_head(self.num_features, num_classes)
         setattr(parent, attr, new.to(device=old[0].weight.device, dtype=old[0].weight.dtype))
-        self.config["num_classes"] = num_classes
+        self.arch_config["num_classes"] = num_classes
 
     def init_weights(self) -> None:
         """The official from-scratch initialisation (only used without pretrained weights)."""

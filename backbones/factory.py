@@ -78,6 +78,7 @@ def create_backbone(name: str, *, pretrained: bool | str | os.PathLike = False, 
         model.init_weights()
         model.load_report = None
         return model
+    model.name_or_path = str(pretrained) if pretrained is not True else name
     report = load_weights(model, source, strict=strict)
     logger.info("%s", report)
     model.load_report = report

@@ -1,7 +1,7 @@
 """Building blocks shared by the backbones: stochastic depth, the patch encoder, the classification
-head, and :class:`Sublayer`, the handle through which a tuner reaches one residual branch of a block."""
+head, and :class:`Handle`, through which a tuner reaches one residual branch of a block or the special tokens."""
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -26,21 +26,22 @@ class DropPath(nn.Module):
         return f"drop_prob={self.drop_prob}"
 
 
-class Sublayer(nn.Module):
-    """One residual branch of a transformer block, as a module a tuner can wrap.
+class Handle(nn.Module):
+    """A parameter-free module that calls a method of the module owning it: the point where a tuner reaches
+    one piece of a backbone.
 
-    The block computes ``x = x + sublayer(x)``; ``sublayer(x)`` calls ``fn``, a method of the block that uses
-    the block's own (registered) layers. The sublayer owns no parameters, so wrapping it (e.g. with a
-    parallel adapter, ``base(x) + adapter(x)``) never changes the backbone's state-dict keys.
-    Input and output: (B, T, C).
+    Blocks expose their residual branches this way (``x = x + block.ffn_branch(x)``), and backbones their
+    learnable special tokens (``cls_token, cls_pos = backbone.special_tokens()``). The handle owns no
+    parameters, so wrapping it (a parallel adapter ``base(x) + adapter(x)``, or trainable per-adapter token
+    copies) never changes the backbone's state-dict keys.
     """
 
-    def __init__(self, fn: Callable[[Tensor], Tensor]):
+    def __init__(self, fn: Callable[..., Any]):
         super().__init__()
         self.fn = fn
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.fn(x)
+    def forward(self, *args: Tensor) -> Any:
+        return self.fn(*args)
 
 
 def init_vit_weights(module: nn.Module) -> None:

@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from .base import PointBackbone
 from .grouping import PatchGrouper
-from .layers import DropPath, PatchEncoder, Sublayer, classification_head
+from .layers import DropPath, PatchEncoder, Handle, classification_head
 
 
 class Attention(nn.Module):
@@ -45,7 +45,7 @@ class Block(nn.Module):
     """Pre-LN ViT block: ``x + attn_branch(x)``, then ``x + ffn_branch(x)``.
 
     ``attn_branch(x) = DropPath(Attn(LN1(x)))`` and ``ffn_branch(x) = DropPath(MLP(LN2(x)))`` are
-    :class:`Sublayer` handles, so a tuner can add a module in parallel to either branch.
+    :class:`Handle` handles, so a tuner can add a module in parallel to either branch.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
@@ -55,8 +55,8 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         self.attn = Attention(dim, num_heads)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.attn_branch = Sublayer(self._attention)
-        self.ffn_branch = Sublayer(self._feed_forward)
+        self.attn_branch = Handle(self._attention)
+        self.ffn_branch = Handle(self._feed_forward)
 
     def _attention(self, x: Tensor) -> Tensor:
         return self.drop_path(self.attn(self.norm1(x)))
@@ -91,6 +91,7 @@ class PointMAE(PointBackbone):
 
     architecture = "point_mae"
     classifier_name = "cls_head_finetune"
+    head_modules = ("cls_head_finetune",)
     num_special_tokens = 1
 
     def __init__(self, num_classes: int = 40, *, num_group: int = 64, group_size: int = 32, embed_dim: int = 384,
@@ -117,7 +118,8 @@ class PointMAE(PointBackbone):
         neighborhood, centers = self.group(points)
         tokens = self.encoder(neighborhood)  # (B, G, C)
         b = tokens.shape[0]
-        x = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
-        pos = torch.cat([self.cls_pos.expand(b, -1, -1), self.pos_embed(centers)], dim=1)
+        cls_token, cls_pos = self.special_tokens()
+        x = torch.cat([cls_token.expand(b, -1, -1), tokens], dim=1)
+        pos = torch.cat([cls_pos.expand(b, -1, -1), self.pos_embed(centers)], dim=1)
         x = self.norm(self.blocks(x, pos))
         return torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1)

@@ -11,7 +11,7 @@ from pointgst.losses import chamfer_l1, chamfer_l2
 
 from .base import PointBackbone
 from .grouping import PatchGrouper
-from .layers import PatchEncoder, Sublayer, classification_head
+from .layers import PatchEncoder, Handle, classification_head
 
 SIZES = {
     "pointgpt_s": dict(embed_dim=384, depth=12, num_heads=6, large_encoder=False),
@@ -62,8 +62,8 @@ class GPTBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-        self.attn_branch = Sublayer(self._attention)
-        self.ffn_branch = Sublayer(self._feed_forward)
+        self.attn_branch = Handle(self._attention)
+        self.ffn_branch = Handle(self._feed_forward)
 
     def _attention(self, x: Tensor) -> Tensor:
         t = x.shape[1]
@@ -118,6 +118,7 @@ class PointGPT(PointBackbone):
     """
 
     classifier_name = "blocks.cls_head_finetune"
+    head_modules = ("blocks.cls_head_finetune", "blocks.cls_norm")
     num_special_tokens = 2
 
     def __init__(self, size: str = "pointgpt_s", num_classes: int = 40, *, num_group: int = 64,
@@ -152,8 +153,9 @@ class PointGPT(PointBackbone):
         neighborhood, centers = self.group(points)
         tokens = self.encoder(neighborhood)
         b = tokens.shape[0]
-        h = torch.cat([self.blocks.sos.expand(b, 1, -1), self.cls_token.expand(b, -1, -1), tokens], dim=1)
-        pos = torch.cat([self.cls_pos.expand(b, -1, -1), self.sos_pos.expand(b, -1, -1),
+        cls_token, cls_pos = self.special_tokens()
+        h = torch.cat([self.blocks.sos.expand(b, 1, -1), cls_token.expand(b, -1, -1), tokens], dim=1)
+        pos = torch.cat([cls_pos.expand(b, -1, -1), self.sos_pos.expand(b, -1, -1),
                          self.pos_embed(centers)], dim=1)
         return self.blocks.run_layers(h, pos), neighborhood, centers
 

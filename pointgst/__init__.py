@@ -6,15 +6,22 @@ The public names are imported lazily, so ``import pointgst`` stays fast (torch a
 from importlib import import_module
 from typing import Any
 
+from pointgst import _peft_hook
+
 __version__ = "0.1.0"
 
 _LAZY = {
     "create_backbone": "pointgst.backbones",
     "list_backbones": "pointgst.backbones",
     "convert_checkpoint": "pointgst.backbones.convert",
+    "wrap": "pointgst.wrapping",
+    "load_adapter": "pointgst.wrapping",
+    "parameter_report": "pointgst.report",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]
+
+_peft_hook.install()
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,107 @@
+"""``PointGSTModel``: the peft tuner that injects pointgst's tunable modules into a backbone."""
+
+from typing import Optional
+
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+
+from pointgst.adapters import build_parallel_module
+
+from .config import PointGSTConfig
+from .context import SpectralContext
+from .layer import NormStatsLayer, ParallelAdapterLayer, PointGSTLayer, SpecialTokensLayer
+
+BRANCH_SUFFIXES = {"ffn": ("ffn_branch",), "ffn+attn": ("ffn_branch", "attn_branch")}
+SPECIAL_TOKENS = "special_tokens"
+
+
+def default_target_modules(model: nn.Module, config: PointGSTConfig) -> list[str]:
+    """Names of the handles and modules a config adapts in ``model`` (a pointgst backbone)."""
+    blocks = {id(block) for block in model.transformer_blocks}  # the extractor's blocks, not a generator's
+    names = [f"{name}.{branch}" for name, module in model.named_modules() if id(module) in blocks
+             for branch in BRANCH_SUFFIXES[config.placement]]
+    if config.train_cls_tokens:
+        names.append(SPECIAL_TOKENS)
+    if config.bn_stats == "update":
+        names += [name for name, module in model.named_modules()
+                  if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith(model.head_modules)]
+    return names
+
+
+class PointGSTModel(BaseTuner):
+    """Injects parallel adapters into the residual branches of every block, trainable cls-token copies, and
+    (official BN drift) per-adapter BatchNorm copies; computes the spectral bases once per forward through a
+    hook on the backbone's grouping module and shares them with every adapter."""
+
+    prefix = "pointgst_"
+    tuner_layer_cls = PointGSTLayer
+    target_module_mapping: dict = {}
+    uses_shared_state = True
+
+    def _pre_injection_hook(self, model: nn.Module, config: PointGSTConfig, adapter_name: str) -> None:
+        if not hasattr(model, "group_divider") or not hasattr(model, "transformer_blocks"):
+            raise ValueError(f"{type(model).__name__} is not a pointgst backbone; create one with "
+                             "pointgst.create_backbone(name) or pass its name to pointgst.wrap")
+        if config.target_modules is None:
+            config.target_modules = default_target_modules(model, config)
+        if config.modules_to_save is None:
+            config.modules_to_save = list(model.head_modules)
+        if "spectral_context" not in self.__dict__:
+            self.spectral_context = SpectralContext()
+            self._centers_hook = model.group_divider.register_forward_hook(
+                lambda module, args, output: self.spectral_context.update(output[1]))
+
+    def _prepare_adapter_config(self, peft_config: PointGSTConfig, model_config: dict) -> PointGSTConfig:
+        return peft_config  # targets come from the backbone itself (_pre_injection_hook)
+
+    def _create_and_replace(self, peft_config: PointGSTConfig, adapter_name: str, target: nn.Module,
+                            target_name: str, parent: nn.Module, current_key: str,
+                            parameter_name: Optional[str] = None) -> None:
+        if isinstance(target, PointGSTLayer):
+            layer = target
+        elif target_name == SPECIAL_TOKENS:
+            layer = SpecialTokensLayer(target)
+        elif isinstance(target, nn.modules.batchnorm._BatchNorm):
+            layer = NormStatsLayer(target)
+        else:
+            layer = ParallelAdapterLayer(target, self.spectral_context)
+        if isinstance(layer, ParallelAdapterLayer):
+            reference = next(parent.parameters())
+            module = build_parallel_module(peft_config.method, self.model.embed_dim, peft_config)
+            layer.update_layer(adapter_name, module.to(reference.device, reference.dtype),
+                               peft_config.spectral_options())
+        else:
+            layer.update_layer(adapter_name)
+        if layer is not target:
+            self._replace_module(parent, target_name, layer, target)
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        # handles own no weights, so peft's weight-copying and device lookup do not apply; adapters are created on
+        # the block's device in _create_and_replace
+        setattr(parent, child_name, new_module)
+
+    def _check_merge_allowed(self) -> None:
+        raise ValueError("PointGST adapters cannot be merged into the backbone: their output depends on each "
+                         "sample's spectral basis and is nonlinear. Keep the adapter (it is small) or call unload() "
+                         "to get the plain backbone back.")
+
+    def _unload_and_optionally_merge(self, merge: bool = True, *args, **kwargs) -> nn.Module:
+        if merge:
+            self._check_merge_allowed()
+        model = super()._unload_and_optionally_merge(merge=False, *args, **kwargs)
+        if "_centers_hook" in self.__dict__:
+            self._centers_hook.remove()
+            del self._centers_hook
+            del self.spectral_context
+        return model
+
+    def train(self, mode: bool = True) -> "PointGSTModel":
+        """Train mode, except that frozen BatchNorm layers stay in eval mode when every adapter uses
+        ``bn_stats="frozen"`` (their statistics would otherwise drift and not be saved)."""
+        super().train(mode)
+        if mode and all(cfg.bn_stats == "frozen" for cfg in self.peft_config.values()):
+            for module in self.model.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
+                        not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+        return self

@@ -1,0 +1,88 @@
+"""One-call entry points: ``wrap`` a backbone with a tuning method, ``load_adapter`` a saved one."""
+
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from pointgst.backbones import PointBackbone, create_backbone
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def wrap(backbone_or_name: PointBackbone | str, method: str = "pcsa", *, num_classes: int | None = None,
+         pretrained: bool | str | os.PathLike | None = None, adapter_name: str = "default", **options: Any):
+    """Freeze a backbone and inject a tunable module in every block; returns a ``peft.PeftModel``.
+
+    backbone_or_name: a backbone, or a name for :func:`pointgst.create_backbone` (a tag such as
+        ``point_mae.pretrain`` loads its pretrained weights unless ``pretrained=False``).
+    method: ``"pcsa"`` (PointGST).
+    num_classes: head size; a backbone whose head differs gets a fresh head.
+    options: :class:`~pointgst.tuner.PointGSTConfig` fields, e.g. ``preset="official"``, ``rank=16``.
+    """
+    from peft import get_peft_model
+
+    from pointgst.tuner import PointGSTConfig
+
+    config = PointGSTConfig(method=method, **options)
+    if isinstance(backbone_or_name, str):
+        if pretrained is None:
+            pretrained = "." in backbone_or_name
+        kwargs = {"skip_near_origin": True} if config.preset == "official" else {}
+        backbone = create_backbone(backbone_or_name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    elif isinstance(backbone_or_name, PointBackbone):
+        backbone = backbone_or_name
+        if num_classes is not None and num_classes != backbone.num_classes:
+            backbone.reset_classifier(num_classes)
+    else:
+        raise TypeError(f"wrap() takes a pointgst backbone or its name, got {type(backbone_or_name).__name__}")
+    return get_peft_model(backbone, config, adapter_name=adapter_name)
+
+
+def resolve_adapter_dir(adapter: str | os.PathLike) -> Path:
+    """A local adapter folder for a folder path or a hub repo id (downloaded, or from the cache offline)."""
+    path = Path(adapter).expanduser()
+    if path.is_dir():
+        return path
+    from pointgst.backbones.pretrained import hub_snapshot
+    return hub_snapshot(str(adapter))
+
+
+def adapter_num_classes(adapter_dir: Path) -> int | None:
+    """The head size stored in an adapter folder's weights, or None if it holds no head."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter_dir / ADAPTER_WEIGHTS), framework="pt") as handle:
+        for key in handle.keys():
+            if key.endswith("cls_head_finetune.8.weight"):
+                return int(handle.get_slice(key).get_shape()[0])
+    return None
+
+
+def load_adapter(adapter: str | os.PathLike, backbone_or_name: nn.Module | str | None = None, *,
+                 adapter_name: str = "default", is_trainable: bool = False, **backbone_kwargs: Any):
+    """Load a saved adapter (folder or hub repo id) onto its backbone; returns a ``peft.PeftModel``.
+
+    backbone_or_name: the backbone the adapter was trained on, or its name / path; by default the
+        ``base_model_name_or_path`` recorded in the adapter config (a pretrained tag or weights folder).
+    """
+    from peft import PeftConfig, PeftModel
+
+    import pointgst.tuner  # noqa: F401  (registers the method)
+
+    folder = resolve_adapter_dir(adapter)
+    if not isinstance(backbone_or_name, nn.Module):
+        name = backbone_or_name or PeftConfig.from_pretrained(str(folder)).base_model_name_or_path
+        if not name:
+            raise ValueError(f"{folder} does not record its backbone; pass it: load_adapter(path, backbone)")
+        arch_or_tag, pretrained = (name, True) if "." in name and not Path(name).exists() else (None, name)
+        if arch_or_tag is None:
+            from pointgst.backbones.factory import _folder_config
+            arch_or_tag = _folder_config(Path(name)).get("architecture")
+            if arch_or_tag is None:
+                raise ValueError(f"cannot tell the architecture of {name}; pass the backbone to load_adapter")
+        backbone_or_name = create_backbone(arch_or_tag, pretrained=pretrained,
+                                           num_classes=adapter_num_classes(folder), **backbone_kwargs)
+    return PeftModel.from_pretrained(backbone_or_name, str(folder), adapter_name=adapter_name,
+                                     is_trainable=is_trainable)
