@@ -16,11 +16,13 @@ import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -204,36 +206,37 @@ def _check_strict(report: LoadReport, model: nn.Module, state: Mapping[str, Tens
             "(the official, non-strict behaviour); the report lists everything skipped.")
 
 
-def write_weights_folder(state: Mapping[str, Tensor], out_dir: str | os.PathLike, config: Mapping[str, Any], *,
-                         overwrite: bool = False) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically (a temporary folder renamed
-    into place). An existing non-empty ``out_dir`` is only replaced with ``overwrite=True``."""
-    from safetensors.torch import save_file
-
+@contextmanager
+def atomic_folder(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside ``out_dir`` to fill; on success it replaces ``out_dir`` in one rename, on
+    error it is removed and ``out_dir`` is untouched. An existing non-empty ``out_dir`` needs ``overwrite``."""
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass overwrite=True "
-                                  "(--overwrite)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass overwrite=True "
+                              "(--overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+        yield tmp
         if out.exists():
-            backup = out.with_name(f".{out.name}.old")
-            out.rename(backup)
+            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+            out.rename(backup / out.name)
             tmp.rename(out)
-            _remove_tree(backup)
+            shutil.rmtree(backup, ignore_errors=True)
         else:
             tmp.rename(out)
     except BaseException:
-        _remove_tree(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
-def _remove_tree(path: Path) -> None:
-    import shutil
-    shutil.rmtree(path, ignore_errors=True)
+def write_weights_folder(state: Mapping[str, Tensor], out_dir: str | os.PathLike, config: Mapping[str, Any], *,
+                         overwrite: bool = False) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically."""
+    from safetensors.torch import save_file
+
+    with atomic_folder(out_dir, overwrite=overwrite) as tmp:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+    return Path(out_dir)

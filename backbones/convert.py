@@ -1,14 +1,16 @@
-"""``pointgst convert``: turn an official checkpoint into a safetensors weights folder that
-``create_backbone(arch, pretrained=OUT_DIR)`` loads."""
+"""Turning an official backbone checkpoint into a safetensors weights folder that
+``create_backbone(arch, pretrained=OUT_DIR)`` loads (``pointgst convert``)."""
 
 import hashlib
 import os
 from pathlib import Path
 
+from torch import Tensor
+
 from pointgst import __version__
 
 from .checkpoint import FOLDER_FORMAT, LoadReport, detect_architecture, fit_state_dict, head_classes, write_weights_folder
-from .factory import ARCHITECTURES, DEFAULT_NUM_CLASSES, read_official_state
+from .factory import ARCHITECTURES, DEFAULT_NUM_CLASSES
 
 
 def sha256_of(path: Path) -> str:
@@ -19,16 +21,14 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def convert_checkpoint(file: str | os.PathLike, out_dir: str | os.PathLike, *, architecture: str | None = None,
-                       overwrite: bool = False) -> tuple[Path, LoadReport]:
-    """Convert ``file`` (official ``.pth`` of Point-MAE / ACT / ReCon / PointGPT, pretraining or fine-tuned,
-    or a torch-pointcloud ``model.safetensors``) into ``out_dir/{model.safetensors, config.json}``.
+def convert_backbone_state(state: dict[str, Tensor], file: Path, out_dir: str | os.PathLike, *,
+                           architecture: str | None = None, overwrite: bool = False) -> tuple[Path, LoadReport]:
+    """Write an official-layout backbone ``state`` (read from ``file``) into ``out_dir/{model.safetensors,
+    config.json}``.
 
     The weights are checked by loading them strictly into the architecture; keys the backbone does not use
     (e.g. Point-MAE's decoder) are left out and listed in the report and in ``config.json``.
     """
-    file = Path(file)
-    state = read_official_state(file, architecture)
     arch = architecture or detect_architecture(state)
     classes = head_classes(state)
     model = ARCHITECTURES[arch](num_classes=classes or DEFAULT_NUM_CLASSES)

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "create_backbone": "pointgst.backbones",
     "list_backbones": "pointgst.backbones",
-    "convert_checkpoint": "pointgst.backbones.convert",
+    "convert_checkpoint": "pointgst.converting",
     "wrap": "pointgst.wrapping",
     "load_adapter": "pointgst.wrapping",
     "parameter_report": "pointgst.report",
@@ -24,12 +24,18 @@ __all__ = sorted(_LAZY) + ["__version__"]
 _peft_hook.install()
 
 
+_SUBPACKAGES = ("adapters", "backbones", "recipes", "tuner")
+
+
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'pointgst' has no attribute {name!r}")
+    elif name in _SUBPACKAGES:
+        value = import_module(f"pointgst.{name}")
+    else:
+        raise AttributeError(f"module 'pointgst' has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
 
 def __dir__() -> list[str]:

@@ -76,6 +76,8 @@ def load_adapter(adapter: str | os.PathLike, backbone_or_name: nn.Module | str |
         name = backbone_or_name or PeftConfig.from_pretrained(str(folder)).base_model_name_or_path
         if not name:
             raise ValueError(f"{folder} does not record its backbone; pass it: load_adapter(path, backbone)")
+        if not Path(name).is_absolute() and (folder / name).exists():
+            name = str((folder / name).resolve())  # a converted checkpoint records its backbone folder relatively
         arch_or_tag, pretrained = (name, True) if "." in name and not Path(name).exists() else (None, name)
         if arch_or_tag is None:
             from pointgst.backbones.factory import _folder_config

@@ -1,0 +1,77 @@
+"""``parameter_report``: trainable vs. total parameters of a (wrapped) backbone, per module, beside the
+paper's figure where the paper gives one."""
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from torch import nn
+
+#: the PointGST paper's trainable-parameter figures (README / paper table), by (architecture, method)
+PAPER_FIGURES = {
+    ("point_mae", "pcsa"): "0.6M trainable (2.77% of 22.1M)",
+    ("pointgpt_l", "pcsa"): "2.4M trainable (0.67% of 360.5M)",
+}
+
+
+@dataclass
+class ParameterReport:
+    """Trainable parameters of a model, grouped by the part they belong to.
+
+    ``backbone_total`` counts the plain backbone once (not the copies peft keeps of the head or the tokens),
+    so ``ratio = trainable / backbone_total`` is the figure papers quote.
+    """
+
+    architecture: str
+    method: str
+    trainable: int
+    backbone_total: int
+    breakdown: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.trainable / self.backbone_total
+
+    @property
+    def paper_figure(self) -> str | None:
+        return PAPER_FIGURES.get((self.architecture, self.method))
+
+    def __str__(self) -> str:
+        width = max([len(k) for k in self.breakdown] + [24])
+        lines = [f"{self.architecture} + {self.method}",
+                 f"  {'trainable parameters':<{width}} {self.trainable:>13,}",
+                 f"  {'backbone parameters':<{width}} {self.backbone_total:>13,}",
+                 f"  {'trainable ratio':<{width}} {100 * self.ratio:>12.2f}%"]
+        if self.paper_figure:
+            lines.append(f"  {'paper':<{width}} {self.paper_figure}")
+        lines.append("  trainable, by part:")
+        lines += [f"    {name:<{width - 2}} {count:>13,}" for name, count in self.breakdown.items()]
+        return "\n".join(lines)
+
+
+def _part(name: str) -> str:
+    """The reported part of a trainable parameter name of a peft-wrapped or plain backbone."""
+    name = name.removeprefix("base_model.model.")
+    if ".modules_to_save." in name:
+        return name.split(".modules_to_save.")[0]
+    if name.startswith("special_tokens.pointgst_module."):
+        return "cls token + cls position"
+    if ".pointgst_module." in name:
+        branch = name.split(".pointgst_module.")[0].rpartition(".")[2]
+        return f"adapters on {branch}"
+    return name.split(".")[0]
+
+
+def parameter_report(model: nn.Module) -> ParameterReport:
+    """Report a peft-wrapped backbone (or a plain one, where every trainable parameter counts)."""
+    backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
+    configs = getattr(model, "peft_config", {})
+    method = next(iter(configs.values())).method if configs else "full"
+    breakdown: dict[str, int] = OrderedDict()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            part = _part(name)
+            breakdown[part] = breakdown.get(part, 0) + param.numel()
+    total = sum(p.numel() for name, p in backbone.named_parameters()
+                if "pointgst_module" not in name and ".modules_to_save." not in name)
+    return ParameterReport(architecture=getattr(backbone, "architecture", type(backbone).__name__), method=method,
+                           trainable=sum(breakdown.values()), backbone_total=total, breakdown=dict(breakdown))
