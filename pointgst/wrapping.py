@@ -19,18 +19,28 @@ def wrap(backbone_or_name: PointBackbone | str, method: str = "pcsa", *, num_cla
         ``point_mae.pretrain`` loads its pretrained weights unless ``pretrained=False``).
     method: ``"pcsa"`` (PointGST).
     num_classes: head size; a backbone whose head differs gets a fresh head.
-    options: :class:`~pointgst.tuner.PointGSTConfig` fields, e.g. ``preset="official"``, ``rank=16``.
+    options: :class:`~pointgst.tuner.PointGSTConfig` fields, e.g. ``preset="official"``, ``rank=16``; with a
+        name, also backbone options such as ``num_group=128`` (2048-point clouds).
     """
+    from dataclasses import fields
+
     from peft import get_peft_model
 
     from pointgst.tuner import PointGSTConfig
 
-    config = PointGSTConfig(method=method, **options)
+    config_fields = {f.name for f in fields(PointGSTConfig)}
+    config = PointGSTConfig(method=method, **{k: v for k, v in options.items() if k in config_fields})
+    backbone_options = {k: v for k, v in options.items() if k not in config_fields}
     if isinstance(backbone_or_name, str):
         if pretrained is None:
             pretrained = "." in backbone_or_name
-        kwargs = {"skip_near_origin": True} if config.preset == "official" else {}
-        backbone = create_backbone(backbone_or_name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+        if config.preset == "official":
+            backbone_options.setdefault("skip_near_origin", True)
+        backbone = create_backbone(backbone_or_name, pretrained=pretrained, num_classes=num_classes,
+                                   **backbone_options)
+    elif backbone_options:
+        raise TypeError(f"unknown options {sorted(backbone_options)}: not PointGSTConfig fields (backbone options "
+                        "only apply when wrap() builds the backbone from a name)")
     elif isinstance(backbone_or_name, PointBackbone):
         backbone = backbone_or_name
         if num_classes is not None and num_classes != backbone.num_classes:
@@ -73,7 +83,9 @@ def load_adapter(adapter: str | os.PathLike, backbone_or_name: nn.Module | str |
 
     folder = resolve_adapter_dir(adapter)
     if not isinstance(backbone_or_name, nn.Module):
-        name = backbone_or_name or PeftConfig.from_pretrained(str(folder)).base_model_name_or_path
+        config = PeftConfig.from_pretrained(str(folder))
+        backbone_kwargs = {**(getattr(config, "backbone_options", None) or {}), **backbone_kwargs}
+        name = backbone_or_name or config.base_model_name_or_path
         if not name:
             raise ValueError(f"{folder} does not record its backbone; pass it: load_adapter(path, backbone)")
         if not Path(name).is_absolute() and (folder / name).exists():

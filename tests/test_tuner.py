@@ -19,6 +19,15 @@ from pointgst.adapters import PCSA
 NUM_POINTS = 256  # >= 64 groups; smaller clouds keep the CPU forwards fast
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny matmuls on a loaded CPU run far faster single-threaded; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------------
@@ -233,6 +242,7 @@ _LOAD_SCRIPT = textwrap.dedent("""
     import torch
     import pointgst
 
+    torch.set_num_threads(1)
     state_path, adapter_dir, clouds_path, out_path = sys.argv[1:]
     x = torch.load(clouds_path)
     state = torch.load(state_path)
@@ -266,7 +276,7 @@ def test_save_and_load_in_a_fresh_process(trained_mae, tmp_path):
     result = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "backbone.pt"), str(adapter_dir), str(tmp_path / "x.pt"),
          str(tmp_path / "out.pt")],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-4000:]
     outputs = torch.load(tmp_path / "out.pt")
     assert torch.equal(outputs["peft"], expected)
@@ -284,15 +294,19 @@ def test_two_adapters_switch_and_disable(tmp_path):
     frozen = run(fresh(), x)
     alone = {}
     for name, seed in (("a", 1), ("b", 2)):
-        single = pointgst.wrap(fresh()).eval()
-        perturb(single, seed=seed)
+        # saved under the name it is loaded with (see test_adapter_loads_under_another_name)
+        single = pointgst.wrap(fresh(), adapter_name=name).eval()
+        perturb(single, adapter=name, seed=seed)
         alone[name] = run(single, x)
-        single.save_pretrained(str(tmp_path / name))
+        single.save_pretrained(str(tmp_path))  # a non-default adapter goes to tmp_path / name
     assert not torch.equal(alone["a"], alone["b"])
 
     model = pointgst.load_adapter(tmp_path / "a", fresh(), adapter_name="a").eval()
     model.load_adapter(str(tmp_path / "b"), adapter_name="b")
-    model.add_adapter("c", PointGSTConfig())  # a new adapter starts as the frozen backbone
+    # explicit targets (see test_add_adapter_with_a_default_config); a new adapter starts as the frozen backbone
+    reference = model.peft_config["a"]
+    model.add_adapter("c", PointGSTConfig(target_modules=list(reference.target_modules),
+                                          modules_to_save=list(reference.modules_to_save)))
     model.eval()
     context = model.base_model.spectral_context
     for name in ("a", "b", "c", "a", "b"):
@@ -304,14 +318,42 @@ def test_two_adapters_switch_and_disable(tmp_path):
     with model.disable_adapter():
         assert torch.equal(run(model, x), frozen)
     assert torch.equal(run(model, x), alone["b"])  # back to the active adapter
-    # the new adapter trains on its own
+    # the new adapter trains on its own, and changing it leaves the others alone
     model.set_adapter("c")
-    assert all(".c." in n for n in trainable(model))
+    assert set(trainable(model)) and all(".c." in n for n in trainable(model))
+    assert count_trainable(model) == 622_831
     perturb(model, adapter="c", seed=3)
-    out_c = run(model, x)
-    assert not torch.equal(out_c, frozen)
+    assert not torch.equal(run(model, x), frozen)
     model.set_adapter("a")
     assert torch.equal(run(model, x), alone["a"])
+
+
+@pytest.mark.xfail(strict=True, reason="PCSA keys are saved with the adapter name inside "
+                                       "('...pointgst_module.default.down.weight'): peft's default "
+                                       "_remove_adapter_name_from_key only strips a second-to-last name")
+def test_adapter_loads_under_another_name(tmp_path):
+    single = pointgst.wrap(fresh())
+    perturb(single, seed=1)
+    single.save_pretrained(str(tmp_path))
+    with safe_open(str(tmp_path / "adapter_model.safetensors"), framework="pt") as handle:
+        keys = list(handle.keys())
+    assert not any(".default." in k for k in keys), [k for k in keys if ".default." in k][:3]
+    loaded = pointgst.load_adapter(tmp_path, fresh(), adapter_name="other")
+    for theirs, ours in zip(pcsa_modules(single), pcsa_modules(loaded, "other")):
+        assert torch.equal(ours.up.weight, theirs.up.weight)
+
+
+@pytest.mark.xfail(strict=True, reason="PointGSTModel derives target_modules/modules_to_save in "
+                                       "_pre_injection_hook, which peft's add_adapter does not call "
+                                       "(TypeError: argument of type 'NoneType' is not iterable)")
+def test_add_adapter_with_a_default_config():
+    from pointgst.tuner import PointGSTConfig
+
+    model = wrap_on_meta("point_mae", 15)
+    model.add_adapter("c", PointGSTConfig())
+    model.set_adapter("c")
+    assert count_trainable(model) == 622_831
+    assert all(".c." in n for n in trainable(model))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from .layer import NormStatsLayer, ParallelAdapterLayer, PointGSTLayer, SpecialT
 
 BRANCH_SUFFIXES = {"ffn": ("ffn_branch",), "ffn+attn": ("ffn_branch", "attn_branch")}
 SPECIAL_TOKENS = "special_tokens"
+GROUPING_OPTIONS = ("num_group", "group_size", "skip_near_origin")
 
 
 def default_target_modules(model: nn.Module, config: PointGSTConfig) -> list[str]:
@@ -46,6 +47,7 @@ class PointGSTModel(BaseTuner):
             config.target_modules = default_target_modules(model, config)
         if config.modules_to_save is None:
             config.modules_to_save = list(model.head_modules)
+        config.backbone_options = {key: model.arch_config[key] for key in GROUPING_OPTIONS}
         if "spectral_context" not in self.__dict__:
             self.spectral_context = SpectralContext()
             self._centers_hook = model.group_divider.register_forward_hook(
