@@ -27,6 +27,11 @@ How to read the table (times are per forward of one batch, medians over the repe
 - ``spread``: (max - min) / median over the repeats of each condition; large values mean a noisy machine,
   so take the ratios with a pinch of salt.
 
+On a CPU shared with other processes, multithreaded MKL ``eigh`` of many small matrices can run 10-100x
+slower than single-threaded (its threads wait on each other while a core is taken), which inflates (c) and
+(b); ``--threads 1`` gives steadier numbers there. The defaults (B=32, 3 repeats + 1 warm-up, both settings)
+take about 2-3 minutes on an idle 2-core CPU for point_mae; PointGPT-B/L take longer.
+
 Timings are never asserted. Example::
 
     python benchmarks/adapter_overhead.py                       # point_mae, both settings, defaults
@@ -82,6 +87,8 @@ class Result:
     num_group: int
     times: dict[str, list[float]] = field(default_factory=dict)
     computations_per_forward: list[int] = field(default_factory=list)
+    same_centers: bool = False
+    """Whether the wrapped forward's centres equal those (c) was timed on."""
 
     def median(self, condition: str) -> float:
         return statistics.median(self.times[condition])
@@ -107,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS),
                         help="modelnet40: N=1024, G=64; scanobjectnn: N=2048, G=128 (group size 32)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (each runs every condition once)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (each runs every condition once)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the timed ones")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -180,8 +187,7 @@ def run_setting(backbone: str, setting: Setting, device: torch.device, batch_siz
     context = wrapped.base_model.spectral_context
     options = spectral_options(wrapped)
     with torch.no_grad():
-        wrapped(points)  # fills the context with this batch's centres (deterministic grouping)
-    centers: Tensor = context.centers.clone()
+        centers: Tensor = frozen.group_divider(points)[1]  # deterministic: the wrapped model's centres too
     calls: dict[str, Callable[[], object]] = {
         "frozen": lambda: frozen(points),
         "wrapped": lambda: wrapped(points),
@@ -201,6 +207,7 @@ def run_setting(backbone: str, setting: Setting, device: torch.device, batch_siz
                 result.times[name].append(seconds)
                 if name == "wrapped":
                     result.computations_per_forward.append(context.computations - before)
+    result.same_centers = context.centers is not None and torch.equal(context.centers, centers)
     return result
 
 
@@ -246,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         write_json(args.json, env, results)
         print(f"\nwrote {args.json}")
+    for r in results:
+        if not r.same_centers:
+            print(f"WARNING: {r.device}/{r.setting}: (c) was timed on other centres than the wrapped forward's",
+                  file=sys.stderr)
     bad = [r for r in results if not r.computations_ok()]
     for r in bad:
         print(f"WARNING: {r.device}/{r.setting}: basis computations per wrapped forward were "

@@ -3,6 +3,7 @@
 from typing import Optional
 
 from peft.tuners.tuners_utils import BaseTuner
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from pointgst.adapters import build_parallel_module
@@ -43,18 +44,29 @@ class PointGSTModel(BaseTuner):
         if not hasattr(model, "group_divider") or not hasattr(model, "transformer_blocks"):
             raise ValueError(f"{type(model).__name__} is not a pointgst backbone; create one with "
                              "pointgst.create_backbone(name) or pass its name to pointgst.wrap")
-        if config.target_modules is None:
-            config.target_modules = default_target_modules(model, config)
-        if config.modules_to_save is None:
-            config.modules_to_save = list(model.head_modules)
-        config.backbone_options = {key: model.arch_config[key] for key in GROUPING_OPTIONS}
         if "spectral_context" not in self.__dict__:
             self.spectral_context = SpectralContext()
             self._centers_hook = model.group_divider.register_forward_hook(
                 lambda module, args, output: self.spectral_context.update(output[1]))
 
     def _prepare_adapter_config(self, peft_config: PointGSTConfig, model_config: dict) -> PointGSTConfig:
-        return peft_config  # targets come from the backbone itself (_pre_injection_hook)
+        """Targets, saved modules and grouping options come from the backbone itself (first adapter and
+        ``add_adapter`` alike)."""
+        if peft_config.target_modules is None:
+            peft_config.target_modules = default_target_modules(self.model, peft_config)
+        if peft_config.modules_to_save is None:
+            peft_config.modules_to_save = list(self.model.head_modules)
+        peft_config.backbone_options = {key: self.model.arch_config[key] for key in GROUPING_OPTIONS}
+        return peft_config
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        """Saved keys carry no adapter name: ``...pointgst_module.<name>.down.weight`` -> ``...pointgst_module.down
+        .weight`` (peft's default only removes a name in the second-to-last position)."""
+        marker = f".{PointGSTLayer.adapter_layer_names[0]}.{adapter_name}."
+        if marker in key:
+            return key.replace(marker, f".{PointGSTLayer.adapter_layer_names[0]}.", 1)
+        return super()._remove_adapter_name_from_key(key, adapter_name)
 
     def _create_and_replace(self, peft_config: PointGSTConfig, adapter_name: str, target: nn.Module,
                             target_name: str, parent: nn.Module, current_key: str,
@@ -88,8 +100,15 @@ class PointGSTModel(BaseTuner):
                          "to get the plain backbone back.")
 
     def _unload_and_optionally_merge(self, merge: bool = True, *args, **kwargs) -> nn.Module:
+        """Give back the clean backbone: adapters, token copies and trained head copies removed, the original
+        head restored (peft would keep the trained head copy, but not the trained tokens)."""
         if merge:
             self._check_merge_allowed()
+        for name, module in list(self.model.named_modules()):
+            if isinstance(module, ModulesToSaveWrapper):
+                parent_name, _, attr = name.rpartition(".")
+                setattr(self.model.get_submodule(parent_name) if parent_name else self.model, attr,
+                        module.original_module)
         model = super()._unload_and_optionally_merge(merge=False, *args, **kwargs)
         if "_centers_hook" in self.__dict__:
             self._centers_hook.remove()
