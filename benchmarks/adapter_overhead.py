@@ -30,7 +30,8 @@ How to read the table (times are per forward of one batch, medians over the repe
 On a CPU shared with other processes, multithreaded MKL ``eigh`` of many small matrices can run 10-100x
 slower than single-threaded (its threads wait on each other while a core is taken), which inflates (c) and
 (b); ``--threads 1`` gives steadier numbers there. The defaults (B=32, 3 repeats + 1 warm-up, both settings)
-take about 2-3 minutes on an idle 2-core CPU for point_mae; PointGPT-B/L take longer.
+take under 3 minutes on a 2-core CPU for point_mae (2.5-2.8 min measured on a shared one); PointGPT-B/L
+take longer.
 
 Timings are never asserted. Example::
 
@@ -155,9 +156,9 @@ def build_models(backbone: str, setting: Setting, device: torch.device) -> tuple
     """
     kwargs = dict(num_classes=setting.num_classes, num_group=setting.num_group, group_size=setting.group_size)
     frozen = pointgst.create_backbone(backbone, **kwargs)
-    copy = pointgst.create_backbone(backbone, **kwargs)
-    copy.load_state_dict(frozen.state_dict())
-    wrapped = pointgst.wrap(copy, method="pcsa")
+    to_wrap = pointgst.create_backbone(backbone, **kwargs)
+    to_wrap.load_state_dict(frozen.state_dict())
+    wrapped = pointgst.wrap(to_wrap, method="pcsa")
     frozen.requires_grad_(False)
     return frozen.to(device).eval(), wrapped.to(device).eval()
 
