@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from pointgst.validation import check_point_cloud
 
+from .checkpoint import LoadReport
 from .grouping import PatchGrouper
 from .layers import Handle, classification_head, init_vit_weights
 
@@ -34,6 +35,7 @@ class PointBackbone(nn.Module):
         self.arch_config = dict(arch_config)
         self.token_centers: Tensor | None = None
         self.name_or_path: str | None = None  # what create_backbone was given; recorded in peft adapter configs
+        self.load_report: LoadReport | None = None  # what loading pretrained weights did
         self.special_tokens = Handle(self._special_tokens)
 
     def _special_tokens(self) -> tuple[Tensor, Tensor]:

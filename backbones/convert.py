@@ -9,7 +9,8 @@ from torch import Tensor
 
 from pointgst import __version__
 
-from .checkpoint import FOLDER_FORMAT, LoadReport, detect_architecture, fit_state_dict, head_classes, write_weights_folder
+from .checkpoint import (FOLDER_FORMAT, LoadReport, detect_architecture, fit_state_dict, head_classes,
+                         write_weights_folder)
 from .factory import ARCHITECTURES, DEFAULT_NUM_CLASSES
 
 

@@ -4,13 +4,15 @@ or a hub repo id."""
 import difflib
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 from pointgst.errors import CheckpointError, UnknownNameError
 
 from .base import PointBackbone
-from .checkpoint import CONFIG_FILE, FOLDER_FORMAT, WEIGHTS_FILE, LoadReport, fit_state_dict, read_checkpoint, unwrap_state_dict
+from .checkpoint import (CONFIG_FILE, FOLDER_FORMAT, WEIGHTS_FILE, LoadReport, fit_state_dict, read_checkpoint,
+                         unwrap_state_dict)
 from .point_mae import PointMAE
 from .pointgpt import SIZES, PointGPT
 from .pretrained import PRETRAINED_CFGS, PretrainedCfg, hub_snapshot, resolve_pretrained_file
@@ -19,7 +21,7 @@ logger = logging.getLogger("pointgst")
 
 ARCHITECTURES: dict[str, Callable[..., PointBackbone]] = {
     "point_mae": PointMAE,
-    **{size: (lambda size: lambda **kw: PointGPT(size, **kw))(size) for size in SIZES},
+    **{size: partial(PointGPT, size) for size in SIZES},
 }
 DEFAULT_NUM_CLASSES = 40
 
@@ -71,12 +73,11 @@ def create_backbone(name: str, *, pretrained: bool | str | os.PathLike = False, 
     elif pretrained is not False and pretrained is not None:
         source = _local_or_hub(pretrained)
     if num_classes is None:
-        num_classes = (cfg.num_classes if cfg else None) or (source and _folder_config(source).get("num_classes")) \
-            or DEFAULT_NUM_CLASSES
+        from_folder = folder_config(source).get("num_classes") if source else None
+        num_classes = (cfg.num_classes if cfg else None) or from_folder or DEFAULT_NUM_CLASSES
     model = ARCHITECTURES[arch](num_classes=num_classes, **model_kwargs)
     if source is None:
         model.init_weights()
-        model.load_report = None
         return model
     model.name_or_path = str(pretrained) if pretrained is not True else name
     report = load_weights(model, source, strict=strict)
@@ -131,7 +132,7 @@ def read_official_state(file: Path, architecture: str | None) -> dict:
     return state
 
 
-def _folder_config(folder: Path) -> dict[str, Any]:
+def folder_config(folder: Path) -> dict[str, Any]:
     """The ``config.json`` of a folder written by ``pointgst convert``, or {} for anything else."""
     import json
     config_file = folder / CONFIG_FILE
@@ -147,7 +148,7 @@ def _folder_config(folder: Path) -> dict[str, Any]:
 
 
 def _check_folder_architecture(folder: Path, model: PointBackbone) -> None:
-    arch = _folder_config(folder).get("architecture")
+    arch = folder_config(folder).get("architecture")
     if arch and arch != model.architecture:
         raise CheckpointError(f"{folder} holds {arch} weights but the model is {model.architecture}; "
                               f"create_backbone({arch!r}, pretrained={str(folder)!r})")

@@ -74,29 +74,32 @@ def load_adapter(adapter: str | os.PathLike, backbone_or_name: nn.Module | str |
                  adapter_name: str = "default", is_trainable: bool = False, **backbone_kwargs: Any):
     """Load a saved adapter (folder or hub repo id) onto its backbone; returns a ``peft.PeftModel``.
 
-    backbone_or_name: the backbone the adapter was trained on, or its name / path; by default the
-        ``base_model_name_or_path`` recorded in the adapter config (a pretrained tag or weights folder).
+    backbone_or_name: the backbone the adapter was trained on, or where its weights come from (a pretrained
+        tag, weights file or folder, hub repo id); by default the ``base_model_name_or_path`` recorded in the
+        adapter config. The backbone is rebuilt with the architecture and grouping options the adapter records.
     """
     from peft import PeftConfig, PeftModel
 
-    import pointgst.tuner  # noqa: F401  (registers the method)
+    from pointgst.backbones import PRETRAINED_CFGS
 
     folder = resolve_adapter_dir(adapter)
-    if not isinstance(backbone_or_name, nn.Module):
+    backbone = backbone_or_name
+    if not isinstance(backbone, nn.Module):
         config = PeftConfig.from_pretrained(str(folder))
-        backbone_kwargs = {**(getattr(config, "backbone_options", None) or {}), **backbone_kwargs}
-        name = backbone_or_name or config.base_model_name_or_path
-        if not name:
-            raise ValueError(f"{folder} does not record its backbone; pass it: load_adapter(path, backbone)")
-        if not Path(name).is_absolute() and (folder / name).exists():
-            name = str((folder / name).resolve())  # a converted checkpoint records its backbone folder relatively
-        arch_or_tag, pretrained = (name, True) if "." in name and not Path(name).exists() else (None, name)
-        if arch_or_tag is None:
-            from pointgst.backbones.factory import _folder_config
-            arch_or_tag = _folder_config(Path(name)).get("architecture")
-            if arch_or_tag is None:
-                raise ValueError(f"cannot tell the architecture of {name}; pass the backbone to load_adapter")
-        backbone_or_name = create_backbone(arch_or_tag, pretrained=pretrained,
-                                           num_classes=adapter_num_classes(folder), **backbone_kwargs)
-    return PeftModel.from_pretrained(backbone_or_name, str(folder), adapter_name=adapter_name,
-                                     is_trainable=is_trainable)
+        options = {**(getattr(config, "backbone_options", None) or {}), **backbone_kwargs}
+        architecture = options.pop("architecture", None)
+        source = backbone or config.base_model_name_or_path
+        if not source:
+            raise ValueError(f"{folder} does not record its backbone's weights; pass the backbone: "
+                             "load_adapter(path, backbone)")
+        if source in PRETRAINED_CFGS:
+            architecture, pretrained = source, True
+        else:
+            relative = folder / source  # a converted PointGST checkpoint records its backbone folder relatively
+            pretrained = str(relative.resolve()) if not Path(source).is_absolute() and relative.exists() else source
+        if architecture is None:
+            raise ValueError(f"{folder} does not record its backbone architecture; pass the backbone: "
+                             "load_adapter(path, create_backbone(...))")
+        backbone = create_backbone(architecture, pretrained=pretrained, num_classes=adapter_num_classes(folder),
+                                   **options)
+    return PeftModel.from_pretrained(backbone, str(folder), adapter_name=adapter_name, is_trainable=is_trainable)

@@ -226,3 +226,32 @@ def test_pretrained_registry_has_provenance():
         cfg = cfgs[tag]
         assert cfg.license and cfg.citation and (cfg.hf_hub_id or cfg.url or cfg.manual_url)
         assert tag.startswith(cfg.architecture + ".")
+
+
+_TAG_ROUND_TRIP = textwrap.dedent("""
+    import sys, torch, pointgst
+    model = pointgst.wrap("point_mae.scan_objbg", num_group=32).eval()   # pretrained weights from the hub cache
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                param.add_(0.01)
+    clouds = torch.load(sys.argv[1])
+    model.save_pretrained(sys.argv[2])
+    loaded = pointgst.load_adapter(sys.argv[2]).eval()     # rebuilds point_mae.scan_objbg with num_group=32
+    assert loaded.get_base_model().group_divider.num_group == 32
+    with torch.no_grad():
+        assert torch.equal(loaded(clouds), model(clouds))
+""")
+
+
+def test_load_adapter_rebuilds_a_tagged_backbone_offline(tmp_path, clouds):
+    torch.save({"base_model": PointMAE(15).state_dict()}, tmp_path / "objbg.pth")
+    pointgst.convert_checkpoint(tmp_path / "objbg.pth", tmp_path / "converted")
+    cache = tmp_path / "hub"
+    _fill_hub_cache(cache, pointgst.backbones.PRETRAINED_CFGS["point_mae.scan_objbg"].hf_hub_id,
+                    tmp_path / "converted")
+    torch.save(clouds, tmp_path / "clouds.pt")
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", _TAG_ROUND_TRIP, str(tmp_path / "clouds.pt"),
+                             str(tmp_path / "adapter")], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr

@@ -56,7 +56,8 @@ class PointGSTModel(BaseTuner):
             peft_config.target_modules = default_target_modules(self.model, peft_config)
         if peft_config.modules_to_save is None:
             peft_config.modules_to_save = list(self.model.head_modules)
-        peft_config.backbone_options = {key: self.model.arch_config[key] for key in GROUPING_OPTIONS}
+        peft_config.backbone_options = {"architecture": self.model.architecture,
+                                        **{key: self.model.arch_config[key] for key in GROUPING_OPTIONS}}
         return peft_config
 
     @classmethod
