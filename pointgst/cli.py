@@ -29,6 +29,44 @@ def _params(args: argparse.Namespace) -> None:
     print(pointgst.parameter_report(model))
 
 
+def _train(args: argparse.Namespace) -> None:
+    from pointgst.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)  # bad keys and types fail here, before any work
+    from pointgst.training import train
+    out = args.out or f"runs/{recipe.name}"
+    summary = train(recipe, out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    if summary:
+        width = max(len(k) for k in summary)
+        print("\n".join(f"{k:<{width}}  {v}" for k, v in summary.items()))
+        print(f"run folder: {out}")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from pointgst.training import evaluate_run
+
+    result = evaluate_run(args.run_dir, vote=args.vote, repeats=args.repeats, best_of=args.best_of,
+                          device=args.device)
+    width = max(len(k) for k in result)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in result.items()))
+
+
+def _recipes(args: argparse.Namespace) -> None:
+    from pointgst.recipe import list_recipes, load_recipe
+
+    names = list_recipes()
+    width = max(len(n) for n in names)
+    for name in names:
+        print(f"{name:<{width}}  {load_recipe(name).description}")
+
+
+def _data_convert(args: argparse.Namespace) -> None:
+    from pointgst.data import convert_dat_to_npz
+
+    out = convert_dat_to_npz(args.dat, args.out, allow_pickle=args.allow_pickle)
+    print(f"wrote {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointgst", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +85,36 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--preset", choices=["official"], help="configuration preset")
     params.add_argument("--placement", choices=["ffn", "ffn+attn"], help="where adapters go")
     params.set_defaults(run=_params)
+
+    train = commands.add_parser("train", help="fine-tune with a recipe (see `pointgst recipes`)")
+    train.add_argument("recipe", help="recipe name or path to a recipe YAML file")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a recipe key, e.g. --set train.epochs=5 (repeatable)")
+    train.add_argument("--out", help="run folder (default: runs/RECIPE)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser("eval", help="test accuracy of a run's best epoch (optionally with voting)")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--vote", type=int, help="average the logits of N augmented passes")
+    evaluate.add_argument("--repeats", type=int, help="voting runs, reported as mean ± std")
+    evaluate.add_argument("--best-of", action="store_true",
+                          help="also report the best of the voting runs (the official, optimistic number)")
+    evaluate.add_argument("--device", choices=["cpu", "cuda"])
+    evaluate.set_defaults(run=_eval)
+
+    recipes = commands.add_parser("recipes", help="list the recipes")
+    recipes.set_defaults(run=_recipes)
+
+    data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    data_convert = data.add_parser("convert", help="official ModelNet40 .dat pickle -> safe .npz pack")
+    data_convert.add_argument("dat")
+    data_convert.add_argument("out")
+    data_convert.add_argument("--allow-pickle", action="store_true",
+                              help="required: the .dat file is a pickle, which can run code; only for trusted files")
+    data_convert.set_defaults(run=_data_convert)
     return parser
 
 
@@ -55,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         args.run(args)
-    except (ValueError, FileExistsError) as err:
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
         print(f"pointgst {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -32,8 +32,11 @@ class PointGSTConfig(PeftConfig):
     defaults"); ``preset="official"`` reproduces the official code, quirks included.
     """
 
-    method: str = field(default="pcsa", metadata={"help": "tunable module: 'pcsa'"})
-    rank: int = field(default=36, metadata={"help": "PCSA bottleneck width r"})
+    method: str = field(default="pcsa", metadata={"help": "parallel tunable module: 'pcsa' (PointGST) or 'dcnv4' "
+                                                          "(deformable point layer)"})
+    rank: int = field(default=36, metadata={"help": "bottleneck width r of the module (PCSA rank, DCNv4 hidden)"})
+    dcnv4_groups: int = field(default=4, metadata={"help": "dcnv4: channel groups"})
+    dcnv4_points: int = field(default=9, metadata={"help": "dcnv4: sampling points per group (K nearest centres)"})
     placement: str = field(default="ffn", metadata={
         "help": "'ffn': parallel to the FFN sublayer of every block (the paper); 'ffn+attn': also parallel to the "
                 "attention sublayer (a deviation from the paper)"})
@@ -71,7 +74,8 @@ class PointGSTConfig(PeftConfig):
             _choice("preset", self.preset, tuple(PRESETS))
             for key, value in PRESETS[self.preset].items():
                 setattr(self, key, value)
-        _choice("method", self.method, ("pcsa",))
+        from pointgst.adapters import PARALLEL_MODULES
+        _choice("method", self.method, tuple(PARALLEL_MODULES))
         _choice("placement", self.placement, PLACEMENTS)
         _choice("bn_stats", self.bn_stats, BN_STATS)
         _choice("eigh_dtype", self.eigh_dtype, tuple(EIGH_DTYPES))

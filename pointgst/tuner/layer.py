@@ -37,24 +37,33 @@ class PointGSTLayer(BaseTunerLayer):
 
 
 class ParallelAdapterLayer(nn.Module, PointGSTLayer):
-    """Wraps a residual branch handle: ``branch(x) + Σ_active adapter(x, basis)``. x: (B, T, C)."""
+    """Wraps a residual branch handle: ``branch(x) + Σ_active adapter(x, geometry)``. x: (B, T, C).
 
-    other_param_names = ("pointgst_options",)
+    ``geometry`` is what each adapter consumes (see :mod:`pointgst.adapters`): the shared spectral basis of the
+    token centres (computed once per forward) or the centres themselves."""
+
+    other_param_names = ("pointgst_geometry", "pointgst_options")
 
     def __init__(self, base_layer: nn.Module, context: SpectralContext):
         super().__init__()
         self._init_layer(base_layer)
         self.context = context
+        self.pointgst_geometry: dict[str, str] = {}
         self.pointgst_options: dict[str, SpectralOptions] = {}
 
-    def update_layer(self, adapter_name: str, module: nn.Module, options: SpectralOptions) -> None:
+    def update_layer(self, adapter_name: str, module: nn.Module, geometry: str, options: SpectralOptions) -> None:
         self.pointgst_module[adapter_name] = module
+        self.pointgst_geometry[adapter_name] = geometry
         self.pointgst_options[adapter_name] = options
 
     def forward(self, x: Tensor, *args: Any) -> Tensor:
         out = self.base_layer(x, *args)
         for name, module in self._active_modules():
-            out = out + module(x, self.context.basis(self.pointgst_options[name]))
+            if self.pointgst_geometry[name] == "basis":
+                geometry = self.context.basis(self.pointgst_options[name])
+            else:
+                geometry = self.context.centers
+            out = out + module(x, geometry)
         return out
 
 

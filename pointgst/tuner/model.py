@@ -6,7 +6,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
-from pointgst.adapters import build_parallel_module
+from pointgst.adapters import parallel_module_spec
 
 from .config import PointGSTConfig
 from .context import SpectralContext
@@ -82,9 +82,9 @@ class PointGSTModel(BaseTuner):
             layer = ParallelAdapterLayer(target, self.spectral_context)
         if isinstance(layer, ParallelAdapterLayer):
             reference = next(parent.parameters())
-            module = build_parallel_module(peft_config.method, self.model.embed_dim, peft_config)
-            layer.update_layer(adapter_name, module.to(reference.device, reference.dtype),
-                               peft_config.spectral_options())
+            spec = parallel_module_spec(peft_config.method)
+            module = spec.build(self.model.embed_dim, peft_config).to(reference.device, reference.dtype)
+            layer.update_layer(adapter_name, module, spec.geometry, peft_config.spectral_options())
         else:
             layer.update_layer(adapter_name)
         if layer is not target:

@@ -1,0 +1,135 @@
+"""The training engine: parameter groups, schedules, a real CPU run from the CLI, kill + resume, DDP."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import pointgst
+from pointgst.recipe import load_recipe
+from pointgst.training.optim import build_scheduler, official_lr, official_parameter_name, parameter_groups
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+needs_data = pytest.mark.skipif(not (SHARED_DATA / "modelnet40_1024").is_dir(), reason="shared ModelNet40 pack absent")
+TINY = ["data.dataset=modelnet10", "data.num_classes=10", "data.max_train_samples=40", "data.max_test_samples=16",
+        "data.val_fraction=0.2", "train.batch_size=8",
+        "train.epochs=2", "train.warmup_epochs=1", "backbone.num_group=32", f"data.root={SHARED_DATA / 'modelnet40_1024'}"]
+
+
+def test_official_parameter_groups():
+    model = pointgst.wrap(pointgst.create_backbone("point_mae", num_classes=15))
+    no_decay, decay = parameter_groups(model, 0.05)
+    names = {id(p): official_parameter_name(n) for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert "cls_pos" in decayed and "cls_token" in kept  # official quirk Q8
+    assert "blocks.blocks.0.gft_adapter.down.weight" in decayed
+    assert {"blocks.blocks.0.gft_adapter.down.bias", "blocks.blocks.0.gft_adapter.norm_ly1.weight",
+            "cls_head_finetune.1.weight"} <= kept
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert len(decayed) + len(kept) == sum(p.requires_grad for p in model.parameters())
+    # per block: down.w, up.w, adapt1.w decayed; 3 biases + 2 LN x 2 not; head: 3 weights vs 3 biases + 2 BN x 2
+    assert len(decayed) == 12 * 3 + 3 + 1 and len(kept) == 12 * 7 + 7 + 1
+
+
+def test_official_schedule_quirks():
+    kw = dict(lr=5e-4, lr_min=1e-6, warmup_lr_init=1e-6, warmup_epochs=10, epochs=300)
+    assert official_lr(0, **kw) == official_lr(1, **kw) == 1e-6  # epochs 0 and 1 both at 1e-6
+    assert official_lr(2, **kw) == pytest.approx(1e-6 + (5e-4 - 1e-6) / 10)
+    assert official_lr(11, **kw) == pytest.approx(1e-6 + 0.5 * (5e-4 - 1e-6) * (1 + torch.cos(torch.tensor(torch.pi * 10 / 300)).item()))
+    assert official_lr(301, **kw) == 1e-6
+
+
+def test_cosine_schedule_with_warmup_per_step():
+    recipe = load_recipe("modelnet40-small.cpu", ["train.epochs=4", "train.warmup_epochs=1", "train.lr=1e-3"])
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([param], lr=recipe.train.lr)
+    scheduler, per = build_scheduler(optimizer, recipe.train, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert per == "step"
+    assert lrs[0] == pytest.approx(recipe.train.warmup_lr_init)
+    assert lrs[10] == pytest.approx(1e-3)  # end of the linear warmup
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))  # cosine decay
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(recipe.train.lr_min)
+
+
+def _train_cli(out: Path, *extra: str, **popen) -> subprocess.Popen:
+    args = [sys.executable, "-m", "pointgst.cli", "train", "modelnet40-small.cpu", "--out", str(out),
+            "--no-progress", "--device", "cpu"] + [a for s in TINY for a in ("--set", s)] + list(extra)
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _finish(process: subprocess.Popen) -> str:
+    out, err = process.communicate(timeout=900)
+    assert process.returncode == 0, err[-3000:]
+    return out
+
+
+@needs_data
+def test_cli_run_writes_everything_and_resume_after_kill_matches(tmp_path):
+    straight = _train_cli(tmp_path / "straight")
+    out = _finish(straight)
+    run = tmp_path / "straight"
+    for name in ("recipe.yaml", "metrics.jsonl", "metrics.csv", "checkpoint-last.pt", "best-trainable.pt",
+                 "curves.png", "summary.json", "adapter/adapter_model.safetensors"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["trainable_parameters"] == 629_256 - 30 * 257 and 0 <= summary["test_acc"] <= 1  # 10 classes
+    assert "test_acc" in out and (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    killed = _train_cli(tmp_path / "resumed")
+    checkpoint = tmp_path / "resumed" / "checkpoint-last.pt"
+    while not checkpoint.exists():
+        assert killed.poll() is None, killed.communicate()[1][-3000:]
+        time.sleep(0.02)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 0  # killed after its first checkpoint
+    assert not (tmp_path / "resumed" / "summary.json").exists()
+    _finish(_train_cli(tmp_path / "resumed", "--resume"))
+    a = torch.load(run / "checkpoint-last.pt", weights_only=True)["trainable"]
+    b = torch.load(checkpoint, weights_only=True)["trainable"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@needs_data
+def test_bad_input_fails_before_any_work(tmp_path):
+    cases = [(["--set", "train.epochz=3"], "epochz"), (["--set", "train.epochs=many"], "train.epochs"),
+             (["--set", "data.root=/no/such/folder"], "/no/such/folder"),
+             (["--set", "method.options.gft_mode=sideways"], "gft_mode")]
+    for extra, message in cases:
+        started = time.time()
+        result = subprocess.run([sys.executable, "-m", "pointgst.cli", "train", "modelnet40-small.cpu", "--out",
+                                 str(tmp_path / "x"), *extra], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        assert not (tmp_path / "x").exists()
+    result = subprocess.run([sys.executable, "-m", "pointgst.cli", "train", "modelnet40-smal.cpu"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "modelnet40-small.cpu" in result.stderr
+
+
+@needs_data
+def test_two_process_torchrun_agrees_with_one_process_at_the_first_step(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = _train_cli(tmp_path / "single", "--set", "train.epochs=1", "--set", "train.warmup_epochs=0", env=env)
+    _finish(single)
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pointgst.cli",
+            "train", "modelnet40-small.cpu", "--out", str(tmp_path / "ddp"), "--no-progress", "--device", "cpu"]
+    args += [a for s in TINY + ["train.epochs=1", "train.warmup_epochs=0"] for a in ("--set", s)]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    first = [json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0]) for run in ("single", "ddp")]
+    assert first[0]["first_step_loss"] == pytest.approx(first[1]["first_step_loss"], rel=1e-5)
+    assert abs(first[0]["train_loss"] - first[1]["train_loss"]) < 0.5  # head BatchNorm sees half batches per rank
