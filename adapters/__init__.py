@@ -1,8 +1,9 @@
-"""Tunable modules and the registry that names them.
+"""Tunable modules and the registries that name them.
 
 A *parallel* module runs beside a residual branch of every block and returns an additive correction; it is called
 as ``module(x, geometry)`` with tokens ``x`` (B, T, C) whose last G tokens are point tokens, and ``geometry`` the
-spectral basis of the token centres (``"basis"``) or the centres (B, G, 3) themselves (``"centers"``).
+spectral basis of the token centres (``"basis"``) or the centres (B, G, 3) themselves (``"centers"``). A *head*
+module replaces the classification head: it reads the final point tokens and their centres.
 """
 
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from torch import nn
 from pointgst.errors import UnknownNameError
 
 from .dcnv4 import DeformablePointLayer
+from .deepla import DeepLAHead
 from .pcsa import PCSA
 
 
@@ -31,6 +33,14 @@ PARALLEL_MODULES: dict[str, ParallelModuleSpec] = {
 }
 
 
+#: head modules: name -> factory(in_dim, num_classes, config), called as module(point_tokens (B,G,C), centers)
+HEAD_MODULES: dict[str, Callable[[int, int, Any], nn.Module]] = {
+    "deepla_head": lambda dim, classes, config: DeepLAHead(
+        dim, classes, width=config.head_width, depths=tuple(config.head_depths), k=config.head_k,
+        hybrid=config.hybrid_supervision),
+}
+
+
 def parallel_module_spec(method: str) -> ParallelModuleSpec:
     """The registered parallel module ``method``."""
     if method not in PARALLEL_MODULES:
@@ -38,4 +48,5 @@ def parallel_module_spec(method: str) -> ParallelModuleSpec:
     return PARALLEL_MODULES[method]
 
 
-__all__ = ["PARALLEL_MODULES", "PCSA", "DeformablePointLayer", "ParallelModuleSpec", "parallel_module_spec"]
+__all__ = ["HEAD_MODULES", "PARALLEL_MODULES", "PCSA", "DeepLAHead", "DeformablePointLayer", "ParallelModuleSpec",
+           "parallel_module_spec"]

@@ -61,7 +61,8 @@ def create_backbone(name: str, *, pretrained: bool | str | os.PathLike = False, 
         size is dropped and reported, and the new head keeps its fresh initialisation.
     strict: require every backbone key (see :func:`pointgst.backbones.checkpoint.fit_state_dict`);
         ``False`` is the official non-strict load, still reported in ``model.load_report``.
-    model_kwargs: architecture options, e.g. ``num_group=128`` for 2048-point clouds.
+    model_kwargs: architecture options, e.g. ``num_group=128`` for 2048-point clouds (default: what a weights
+        folder written by ``save_pretrained`` records, else the architecture's defaults).
     """
     arch, cfg = parse_name(name)
     source = None
@@ -72,9 +73,10 @@ def create_backbone(name: str, *, pretrained: bool | str | os.PathLike = False, 
         source = resolve_pretrained_file(cfg)
     elif pretrained is not False and pretrained is not None:
         source = _local_or_hub(pretrained)
+    recorded = folder_config(source) if source else {}
     if num_classes is None:
-        from_folder = folder_config(source).get("num_classes") if source else None
-        num_classes = (cfg.num_classes if cfg else None) or from_folder or DEFAULT_NUM_CLASSES
+        num_classes = (cfg.num_classes if cfg else None) or recorded.get("num_classes") or DEFAULT_NUM_CLASSES
+    model_kwargs = {**(recorded.get("backbone_options") or {}), **model_kwargs}  # a saved folder's grouping
     model = ARCHITECTURES[arch](num_classes=num_classes, **model_kwargs)
     if source is None:
         model.init_weights()

@@ -92,6 +92,7 @@ class PointMAE(PointBackbone):
     architecture = "point_mae"
     classifier_name = "cls_head_finetune"
     head_modules = ("cls_head_finetune",)
+    lora_targets = r"blocks\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
     num_special_tokens = 1
 
     def __init__(self, num_classes: int = 40, *, num_group: int = 64, group_size: int = 32, embed_dim: int = 384,
@@ -114,12 +115,14 @@ class PointMAE(PointBackbone):
     def transformer_blocks(self) -> list[nn.Module]:
         return list(self.blocks.blocks)
 
-    def forward_features(self, points: Tensor) -> Tensor:
+    def forward_tokens(self, points: Tensor) -> tuple[Tensor, Tensor]:
         neighborhood, centers = self.group(points)
         tokens = self.encoder(neighborhood)  # (B, G, C)
         b = tokens.shape[0]
         cls_token, cls_pos = self.special_tokens()
         x = torch.cat([cls_token.expand(b, -1, -1), tokens], dim=1)
         pos = torch.cat([cls_pos.expand(b, -1, -1), self.pos_embed(centers)], dim=1)
-        x = self.norm(self.blocks(x, pos))
-        return torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1)
+        return self.norm(self.blocks(x, pos)), centers
+
+    def pool(self, tokens: Tensor) -> Tensor:
+        return torch.cat([tokens[:, 0], tokens[:, 1:].max(dim=1).values], dim=-1)

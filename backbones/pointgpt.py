@@ -119,6 +119,7 @@ class PointGPT(PointBackbone):
 
     classifier_name = "blocks.cls_head_finetune"
     head_modules = ("blocks.cls_head_finetune", "blocks.cls_norm")
+    lora_targets = r"blocks\.layers\.\d+\.(attn|mlp\.0|mlp\.2)"  # attn: the packed nn.MultiheadAttention
     num_special_tokens = 2
 
     def __init__(self, size: str = "pointgpt_s", num_classes: int = 40, *, num_group: int = 64,
@@ -159,13 +160,14 @@ class PointGPT(PointBackbone):
                          self.pos_embed(centers)], dim=1)
         return self.blocks.run_layers(h, pos), neighborhood, centers
 
-    @staticmethod
-    def _pool(h: Tensor) -> Tensor:
-        return torch.cat([h[:, 1], h[:, 2:].max(dim=1).values], dim=-1)
+    def forward_tokens(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        h, _, centers = self._extract(points)
+        return h, centers
 
-    def forward_features(self, points: Tensor) -> Tensor:
-        h, _, _ = self._extract(points)
-        return self._pool(self.blocks.cls_norm(h))
+    def pool(self, tokens: Tensor) -> Tensor:
+        """``cls_norm``, then [cls output (position 1), max over point tokens]."""
+        h = self.blocks.cls_norm(tokens)
+        return torch.cat([h[:, 1], h[:, 2:].max(dim=1).values], dim=-1)
 
     def forward_with_generation(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """The official fine-tuning objective's two parts: (logits (B, classes), generation loss (scalar)).
@@ -178,7 +180,7 @@ class PointGPT(PointBackbone):
             raise ValueError("this PointGPT was built with with_generator=False; create it with "
                              "with_generator=True to use the generation branch")
         h, neighborhood, centers = self._extract(points)
-        logits = self.forward_head(self._pool(self.blocks.cls_norm(h)))
+        logits = self.classify(h, centers)
         enc = torch.cat([h[:, :1], h[:, 2:-1]], dim=1)  # (B, L, C)
         steps = centers[:, 1:] - centers[:, :-1]
         directions = steps / steps.norm(dim=-1, keepdim=True).clamp_min(1e-12)

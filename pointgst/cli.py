@@ -19,14 +19,26 @@ def _params(args: argparse.Namespace) -> None:
     import torch
 
     import pointgst
-    from pointgst.backbones.factory import parse_name, ARCHITECTURES
+    from pointgst.backbones.factory import ARCHITECTURES, parse_name
+    from pointgst.wrapping import METHODS
 
     arch, _ = parse_name(args.name)
-    with torch.device("meta"):  # counts need no memory and no weights
-        backbone = ARCHITECTURES[arch](num_classes=args.num_classes)
-        options = {k: v for k, v in (("preset", args.preset), ("placement", args.placement)) if v}
-        model = pointgst.wrap(backbone, method=args.method, **options)
-    print(pointgst.parameter_report(model))
+    methods = METHODS if args.method == "all" else args.method.split(",")
+    options = {k: v for k, v in (("preset", args.preset), ("placement", args.placement)) if v}
+    reports = []
+    for method in methods:
+        with torch.device("meta"):  # counts need no memory and no weights
+            backbone = ARCHITECTURES[arch](num_classes=args.num_classes)
+            model = pointgst.wrap(backbone, method=method, **(options if method not in ("lora", "linear", "full")
+                                                              else {}))
+        reports.append(pointgst.parameter_report(model))
+    if len(reports) == 1:
+        print(reports[0])
+        return
+    print(f"{arch}, {args.num_classes} classes: trainable parameters by method")
+    for report in reports:
+        paper = f"   paper: {report.paper_figure}" if report.paper_figure else ""
+        print(f"  {report.method:<18} {report.trainable:>12,}  {100 * report.ratio:6.2f}%{paper}")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -80,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.set_defaults(run=_convert)
     params = commands.add_parser("params", help="trainable-parameter report of a backbone + tuning method")
     params.add_argument("name", help="architecture or pretrained tag, e.g. point_mae.pretrain")
-    params.add_argument("--method", default="pcsa", help="tuning method (default: pcsa)")
+    params.add_argument("--method", default="pcsa",
+                        help="tuning method, a comma-separated list, or 'all' to compare every method")
     params.add_argument("--num-classes", type=int, default=40, help="head size (default: 40)")
     params.add_argument("--preset", choices=["official"], help="configuration preset")
     params.add_argument("--placement", choices=["ffn", "ffn+attn"], help="where adapters go")

@@ -57,7 +57,9 @@ def _part(name: str) -> str:
         return "cls token + cls position"
     if ".pointgst_module." in name:
         branch = name.split(".pointgst_module.")[0].rpartition(".")[2]
-        return f"adapters on {branch}"
+        return "head (replaces the original)" if branch == "classify" else f"adapters on {branch}"
+    if ".lora_" in name:
+        return "lora"
     return name.split(".")[0]
 
 
@@ -65,13 +67,17 @@ def parameter_report(model: nn.Module) -> ParameterReport:
     """Report a peft-wrapped backbone (or a plain one, where every trainable parameter counts)."""
     backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
     configs = getattr(model, "peft_config", {})
-    method = next(iter(configs.values())).method if configs else "full"
+    if configs:
+        config = next(iter(configs.values()))
+        method = getattr(config, "method", str(config.peft_type).split(".")[-1].lower())
+    else:
+        method = getattr(model, "tuning_method", None) or "full"
     breakdown: dict[str, int] = OrderedDict()
     for name, param in model.named_parameters():
         if param.requires_grad:
             part = _part(name)
             breakdown[part] = breakdown.get(part, 0) + param.numel()
     total = sum(p.numel() for name, p in backbone.named_parameters()
-                if "pointgst_module" not in name and ".modules_to_save." not in name)
+                if "pointgst_module" not in name and ".modules_to_save." not in name and ".lora_" not in name)
     return ParameterReport(architecture=getattr(backbone, "architecture", type(backbone).__name__), method=method,
                            trainable=sum(breakdown.values()), backbone_total=total, breakdown=dict(breakdown))

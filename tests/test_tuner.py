@@ -477,7 +477,7 @@ def test_official_bn_stats_follow_the_data_and_travel_with_the_adapter(tmp_path)
 # ----------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("option, value, choices", [
-    ("method", "lora", "'pcsa'"),
+    ("method", "adapterformer", "'pcsa'"),
     ("preset", "paper", "'official'"),
     ("placement", "attn", "'ffn+attn'"),
 ])

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from pointgst.data import build_dataset, stratified_split, stratified_subset
 from pointgst.data.transforms import augment, fps_then_random_subset
 from pointgst.recipe import Recipe
+from pointgst.tuner.model import PointGSTModel, keep_frozen_norms_in_eval
 
 from .distributed import Distributed, setup_distributed, teardown_distributed
 from .evaluate import Scores, collect_logits, scores_from
@@ -70,10 +71,10 @@ def build_model(recipe: Recipe) -> nn.Module:
 def preflight(recipe: Recipe) -> None:
     """Cheap checks before any work: backbone name, method options, data root."""
     from pointgst.backbones.factory import parse_name
-    from pointgst.tuner import PointGSTConfig
+    from pointgst.wrapping import check_method_options
 
     parse_name(recipe.backbone.name)
-    PointGSTConfig(method=recipe.method.name, **recipe.method.options)
+    check_method_options(recipe.method.name, recipe.method.options)
     root = Path(recipe.data.root)
     if not root.exists():
         raise FileNotFoundError(f"data.root {str(root)!r} does not exist (from {Path.cwd()}); point it at the "
@@ -235,7 +236,10 @@ class Trainer:
         from tqdm import tqdm
 
         self.train_model.train()
+        if not isinstance(getattr(self.model, "base_model", None), PointGSTModel):
+            keep_frozen_norms_in_eval(self.model)  # PointGST's tuner does this itself (or, officially, does not)
         torch.manual_seed(derived_seed(self.recipe.train.seed, "dropout", epoch, self.dist.rank))
+        auxiliary = [m for m in self.model.modules() if hasattr(m, "auxiliary_loss")]
         data, loader = self.recipe.data, self.loaders["train"]
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
         start = time.time()
@@ -249,6 +253,9 @@ class Trainer:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.dist.device.type == "cuda"):
                 logits = self.train_model(points)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.recipe.train.label_smoothing)
+            progress = (epoch * len(loader) + step) / (self.epochs * len(loader))
+            for module in auxiliary:  # e.g. DeepLA's hybrid deep supervision (training only)
+                loss = loss + module.auxiliary_loss(labels, progress)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.recipe.train.grad_clip:

@@ -32,11 +32,18 @@ class PointGSTConfig(PeftConfig):
     defaults"); ``preset="official"`` reproduces the official code, quirks included.
     """
 
-    method: str = field(default="pcsa", metadata={"help": "parallel tunable module: 'pcsa' (PointGST) or 'dcnv4' "
-                                                          "(deformable point layer)"})
+    method: str = field(default="pcsa", metadata={
+        "help": "a parallel module ('pcsa' = PointGST, 'dcnv4' = deformable point layer), a head ('deepla_head'), "
+                "or one of each joined by '+' (e.g. 'pcsa+deepla_head')"})
     rank: int = field(default=36, metadata={"help": "bottleneck width r of the module (PCSA rank, DCNv4 hidden)"})
     dcnv4_groups: int = field(default=4, metadata={"help": "dcnv4: channel groups"})
     dcnv4_points: int = field(default=9, metadata={"help": "dcnv4: sampling points per group (K nearest centres)"})
+    head_width: int = field(default=128, metadata={"help": "deepla_head: width of the head's stages"})
+    head_depths: list = field(default_factory=lambda: [2, 2], metadata={
+        "help": "deepla_head: ResLFE iterations per stage (each further stage halves the tokens)"})
+    head_k: int = field(default=16, metadata={"help": "deepla_head: neighbours per token"})
+    hybrid_supervision: bool = field(default=False, metadata={
+        "help": "deepla_head: per-stage semantic and spatial losses during training (weights decay over training)"})
     placement: str = field(default="ffn", metadata={
         "help": "'ffn': parallel to the FFN sublayer of every block (the paper); 'ffn+attn': also parallel to the "
                 "attention sublayer (a deviation from the paper)"})
@@ -74,14 +81,26 @@ class PointGSTConfig(PeftConfig):
             _choice("preset", self.preset, tuple(PRESETS))
             for key, value in PRESETS[self.preset].items():
                 setattr(self, key, value)
-        from pointgst.adapters import PARALLEL_MODULES
-        _choice("method", self.method, tuple(PARALLEL_MODULES))
+        self.method_parts()  # validates the method
         _choice("placement", self.placement, PLACEMENTS)
         _choice("bn_stats", self.bn_stats, BN_STATS)
         _choice("eigh_dtype", self.eigh_dtype, tuple(EIGH_DTYPES))
         if not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
         self.spectral_options()  # validates the spectral fields
+
+    def method_parts(self) -> tuple[Optional[str], Optional[str]]:
+        """``(parallel module or None, head module or None)`` of ``method``."""
+        from pointgst.adapters import HEAD_MODULES, PARALLEL_MODULES
+
+        parts = self.method.split("+")
+        parallel = [p for p in parts if p in PARALLEL_MODULES]
+        head = [p for p in parts if p in HEAD_MODULES]
+        if len(parallel) > 1 or len(head) > 1 or len(parallel) + len(head) != len(parts):
+            choices = sorted(PARALLEL_MODULES) + sorted(HEAD_MODULES)
+            raise UnknownNameError(f"unknown method {self.method!r}: use one of {choices}, or one parallel module "
+                                   "and one head joined by '+' (e.g. 'pcsa+deepla_head')")
+        return (parallel[0] if parallel else None), (head[0] if head else None)
 
     def spectral_options(self) -> SpectralOptions:
         return SpectralOptions(local_size=self.local_size, curve=self.curve, laplacian=self.laplacian,

@@ -98,6 +98,24 @@ class SpecialTokensLayer(nn.Module, PointGSTLayer):
         return tokens.cls_token, tokens.cls_pos
 
 
+class HeadLayer(nn.Module, PointGSTLayer):
+    """Wraps the backbone's ``classify`` handle: the active adapter's head module classifies the final point tokens
+    (B, G, C) and their centres instead of the original head."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self._init_layer(base_layer)
+
+    def update_layer(self, adapter_name: str, module: nn.Module) -> None:
+        self.pointgst_module[adapter_name] = module
+
+    def forward(self, tokens: Tensor, centers: Tensor) -> Tensor:
+        active = self._active_modules()
+        if not active:
+            return self.base_layer(tokens, centers)
+        return active[-1][1](tokens[:, -centers.shape[1]:], centers)
+
+
 class NormStatsLayer(nn.Module, PointGSTLayer):
     """Official BatchNorm drift (``bn_stats="update"``): each adapter owns a frozen copy of a frozen BatchNorm
     layer whose running statistics follow the data in training mode and are saved with the adapter."""

@@ -6,24 +6,30 @@ from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
-from pointgst.adapters import parallel_module_spec
+from pointgst.adapters import HEAD_MODULES, parallel_module_spec
 
 from .config import PointGSTConfig
 from .context import SpectralContext
-from .layer import NormStatsLayer, ParallelAdapterLayer, PointGSTLayer, SpecialTokensLayer
+from .layer import HeadLayer, NormStatsLayer, ParallelAdapterLayer, PointGSTLayer, SpecialTokensLayer
 
 BRANCH_SUFFIXES = {"ffn": ("ffn_branch",), "ffn+attn": ("ffn_branch", "attn_branch")}
 SPECIAL_TOKENS = "special_tokens"
+CLASSIFY = "classify"
 GROUPING_OPTIONS = ("num_group", "group_size", "skip_near_origin")
 
 
 def default_target_modules(model: nn.Module, config: PointGSTConfig) -> list[str]:
     """Names of the handles and modules a config adapts in ``model`` (a pointgst backbone)."""
-    blocks = {id(block) for block in model.transformer_blocks}  # the extractor's blocks, not a generator's
-    names = [f"{name}.{branch}" for name, module in model.named_modules() if id(module) in blocks
-             for branch in BRANCH_SUFFIXES[config.placement]]
-    if config.train_cls_tokens:
-        names.append(SPECIAL_TOKENS)
+    parallel, head = config.method_parts()
+    names = []
+    if parallel:
+        blocks = {id(block) for block in model.transformer_blocks}  # the extractor's blocks, not a generator's
+        names += [f"{name}.{branch}" for name, module in model.named_modules() if id(module) in blocks
+                  for branch in BRANCH_SUFFIXES[config.placement]]
+        if config.train_cls_tokens:
+            names.append(SPECIAL_TOKENS)
+    if head:
+        names.append(CLASSIFY)
     if config.bn_stats == "update":
         names += [name for name, module in model.named_modules()
                   if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith(model.head_modules)]
@@ -52,10 +58,15 @@ class PointGSTModel(BaseTuner):
     def _prepare_adapter_config(self, peft_config: PointGSTConfig, model_config: dict) -> PointGSTConfig:
         """Targets, saved modules and grouping options come from the backbone itself (first adapter and
         ``add_adapter`` alike)."""
+        groups = self.model.arch_config["num_group"]
+        if peft_config.method_parts()[0] == "pcsa" and groups % peft_config.local_size:
+            raise ValueError(f"PCSA cuts the {groups} token centres into local graphs of local_size="
+                             f"{peft_config.local_size}, which must divide num_group; choose local_size from the "
+                             f"divisors of {groups} or another num_group")
         if peft_config.target_modules is None:
             peft_config.target_modules = default_target_modules(self.model, peft_config)
-        if peft_config.modules_to_save is None:
-            peft_config.modules_to_save = list(self.model.head_modules)
+        if peft_config.modules_to_save is None:  # a head method replaces the head: nothing of the old one trains
+            peft_config.modules_to_save = [] if peft_config.method_parts()[1] else list(self.model.head_modules)
         peft_config.backbone_options = {"architecture": self.model.architecture,
                                         **{key: self.model.arch_config[key] for key in GROUPING_OPTIONS}}
         return peft_config
@@ -76,15 +87,21 @@ class PointGSTModel(BaseTuner):
             layer = target
         elif target_name == SPECIAL_TOKENS:
             layer = SpecialTokensLayer(target)
+        elif target_name == CLASSIFY:
+            layer = HeadLayer(target)
         elif isinstance(target, nn.modules.batchnorm._BatchNorm):
             layer = NormStatsLayer(target)
         else:
             layer = ParallelAdapterLayer(target, self.spectral_context)
+        reference = next(self.model.parameters())
+        parallel, head = peft_config.method_parts()
         if isinstance(layer, ParallelAdapterLayer):
-            reference = next(parent.parameters())
-            spec = parallel_module_spec(peft_config.method)
+            spec = parallel_module_spec(parallel)
             module = spec.build(self.model.embed_dim, peft_config).to(reference.device, reference.dtype)
             layer.update_layer(adapter_name, module, spec.geometry, peft_config.spectral_options())
+        elif isinstance(layer, HeadLayer):
+            module = HEAD_MODULES[head](self.model.embed_dim, self.model.num_classes, peft_config)
+            layer.update_layer(adapter_name, module.to(reference.device, reference.dtype))
         else:
             layer.update_layer(adapter_name)
         if layer is not target:
@@ -122,8 +139,12 @@ class PointGSTModel(BaseTuner):
         ``bn_stats="frozen"`` (their statistics would otherwise drift and not be saved)."""
         super().train(mode)
         if mode and all(cfg.bn_stats == "frozen" for cfg in self.peft_config.values()):
-            for module in self.model.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm) and \
-                        not any(p.requires_grad for p in module.parameters()):
-                    module.eval()
+            keep_frozen_norms_in_eval(self.model)
         return self
+
+
+def keep_frozen_norms_in_eval(model: nn.Module) -> None:
+    """Put every BatchNorm layer without trainable parameters in eval mode (its statistics stay as loaded)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+            module.eval()
