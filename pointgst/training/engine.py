@@ -81,8 +81,14 @@ def preflight(recipe: Recipe) -> None:
                                 f"{recipe.data.dataset} data with --set data.root=PATH")
 
 
+def selection_split(recipe: Recipe) -> str:
+    """``"test"`` with ``train.selection: test`` or the ``official`` preset (the official protocol), else ``"val"``."""
+    official = recipe.method.options.get("preset") == "official"
+    return "test" if recipe.train.selection == "test" or official else "val"
+
+
 def build_splits(recipe: Recipe) -> dict[str, Dataset]:
-    """train / select (validation carved from train, or the test split with ``selection: test``) / test."""
+    """train / select (validation carved from train, or the test split: :func:`selection_split`) / test."""
     data, seed = recipe.data, recipe.train.seed
     train, test = build_dataset(data, "train"), build_dataset(data, "test")
     if data.max_train_samples:
@@ -90,7 +96,7 @@ def build_splits(recipe: Recipe) -> dict[str, Dataset]:
     if data.max_test_samples:
         test = _subset(test, stratified_subset(test.labels, data.max_test_samples, seed))
     splits = {"test": test}
-    if recipe.train.selection == "test":
+    if selection_split(recipe) == "test":
         splits.update(train=train, select=test)
     else:
         train_idx, val_idx = stratified_split(_labels(train), data.val_fraction, seed)
@@ -213,7 +219,7 @@ class Trainer:
             select = self._scores("select")
             row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
                    **({"first_step_loss": self.first_step_loss} if epoch == 0 else {}),
-                   "train_acc": train_acc, "select_split": "test" if self.recipe.train.selection == "test" else "val",
+                   "train_acc": train_acc, "select_split": selection_split(self.recipe),
                    "select_acc": select.acc, "select_macc": select.macc, "select_loss": select.loss,
                    "epoch_seconds": seconds}
             if self.schedule_per == "epoch":
@@ -308,12 +314,12 @@ class Trainer:
         load_trainable_state(self.model, torch.load(self.run_dir / BEST_STATE, map_location="cpu"))
         best_test = self._scores("test")
         summary = {
-            "recipe": self.recipe.name, "selection": self.recipe.train.selection,
+            "recipe": self.recipe.name, "selection": selection_split(self.recipe),
             "best_epoch": self.best["epoch"],
             "test_acc": best_test.acc, "test_macc": best_test.macc,
             "test_acc_last_epoch": last_test.acc, "test_macc_last_epoch": last_test.macc,
             "note": ("model selected on the TEST split (official protocol): test accuracy is optimistic"
-                     if self.recipe.train.selection == "test" else
+                     if selection_split(self.recipe) == "test" else
                      "model selected on a validation split held out from the training data"),
         }
         if self.recipe.eval.vote:
