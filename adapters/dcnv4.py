@@ -30,6 +30,13 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+def _check_geometry(*, group: int, kernel_size: int, stride: int, pad: int, dilation: int) -> None:
+    """Validate the sampling-geometry arguments shared by :func:`dcnv4_sample` and :class:`DCNv4`."""
+    for name, number, minimum in (("group", group, 1), ("kernel_size", kernel_size, 1), ("stride", stride, 1),
+                                  ("pad", pad, 0), ("dilation", dilation, 1)):
+        _check_int(name, number, minimum)
+
+
 def _kernel_points(kernel_size: int, dilation: int, remove_center: bool) -> list[tuple[int, int]]:
     """The ``(x, y)`` pixel displacements of the sampling points, in the official order (x outer, y inner).
 
@@ -87,14 +94,7 @@ def dcnv4_sample(
     Returns:
         ``(B, H_out, W_out, group * D)``.
     """
-    for name, number, minimum in (
-        ("group", group, 1),
-        ("kernel_size", kernel_size, 1),
-        ("stride", stride, 1),
-        ("pad", pad, 0),
-        ("dilation", dilation, 1),
-    ):
-        _check_int(name, number, minimum)
+    _check_geometry(group=group, kernel_size=kernel_size, stride=stride, pad=pad, dilation=dilation)
     if remove_center and (kernel_size % 2 == 0 or kernel_size == 1):
         raise ValueError(f"remove_center needs an odd kernel_size > 1, got kernel_size={kernel_size}")
     if value.dim() != 4 or not value.is_floating_point():
@@ -208,15 +208,8 @@ class DCNv4(nn.Module):
         without_pointwise: bool = False,
     ) -> None:
         super().__init__()
-        for name, number, minimum in (
-            ("channels", channels, 1),
-            ("group", group, 1),
-            ("kernel_size", kernel_size, 1),
-            ("stride", stride, 1),
-            ("pad", pad, 0),
-            ("dilation", dilation, 1),
-        ):
-            _check_int(name, number, minimum)
+        _check_int("channels", channels, 1)
+        _check_geometry(group=group, kernel_size=kernel_size, stride=stride, pad=pad, dilation=dilation)
         if channels % group:
             raise ValueError(f"channels must be divisible by group, got channels={channels} and group={group}")
         if (channels // group) % 16:
