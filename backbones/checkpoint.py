@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
+from pointgst.atomic import ordinary_mode
 from pointgst.errors import CheckpointError, UnsafeCheckpointError
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
@@ -216,6 +217,7 @@ def atomic_folder(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Ite
                               "(--overwrite)")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    ordinary_mode(tmp, directory=True)  # mkdtemp makes an owner-only folder
     try:
         yield tmp
         if out.exists():

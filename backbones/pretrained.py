@@ -149,4 +149,4 @@ def resolve_pretrained_file(cfg: PretrainedCfg) -> Path:
         + (f" ({'; '.join(failures)})" if failures else " (they are not downloadable automatically)")
         + f". Download the official checkpoint from {where}, then run `pointgst convert FILE OUT_DIR` and "
         f"load it with create_backbone({cfg.architecture!r}, pretrained=OUT_DIR)"
-        + (f", or pass the downloaded .pth directly as pretrained=FILE" if cfg.url or cfg.manual_url else "") + ".")
+        + (", or pass the downloaded .pth directly as pretrained=FILE" if cfg.url or cfg.manual_url else "") + ".")

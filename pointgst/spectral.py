@@ -202,9 +202,20 @@ def graph_laplacian(adjacency: Tensor, kind: str = "normalized") -> Tensor:
 
 def _graph_eigh(centers: Tensor, options: SpectralOptions) -> tuple[Tensor, Tensor]:
     """Eigenvalues ``(B, M, n)`` ascending and eigenvectors ``(B, M, n, n)`` (columns) of the Laplacians of
-    ``B x M`` graphs with centres ``(B, M, n, 3)``, in one batched ``eigh`` call in ``options.eigh_dtype``."""
-    adjacency = graph_adjacency(centers.to(options.eigh_dtype), options.dmin_scope)
-    return torch.linalg.eigh(graph_laplacian(adjacency, options.laplacian))
+    ``B x M`` graphs with centres ``(B, M, n, 3)``, in one batched ``eigh`` call in ``options.eigh_dtype``.
+
+    On the CPU the call runs single-threaded: multithreaded LAPACK may pick its thread count by machine load, which
+    changes the last bits of the result (and, for near-degenerate eigenvalues, the eigenvectors) from call to call;
+    for these small matrices one thread is also the fastest under load."""
+    laplacian = graph_laplacian(graph_adjacency(centers.to(options.eigh_dtype), options.dmin_scope), options.laplacian)
+    if laplacian.device.type != "cpu":
+        return torch.linalg.eigh(laplacian)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.eigh(laplacian)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _check_centers(centers: Tensor, local_size: int) -> None:

@@ -137,7 +137,8 @@ def load_adapter(adapter: str | os.PathLike, backbone_or_name: nn.Module | str |
         config = PeftConfig.from_pretrained(str(folder))
         options = {**(getattr(config, "backbone_options", None) or {}), **backbone_kwargs}
         source = backbone or config.base_model_name_or_path
-        backbone = _rebuild(folder, source, options.pop("architecture", None), adapter_num_classes(folder), options)
+        num_classes = options.pop("num_classes", None) or adapter_num_classes(folder)
+        backbone = _rebuild(folder, source, options.pop("architecture", None), num_classes, options)
     return PeftModel.from_pretrained(backbone, str(folder), adapter_name=adapter_name, is_trainable=is_trainable)
 
 

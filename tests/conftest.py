@@ -3,6 +3,9 @@
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # safety net: read by huggingface_hub at import time
+# bit-for-bit comparisons across processes: BLAS/LAPACK must not pick their thread counts by machine load
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+os.environ.setdefault("OMP_DYNAMIC", "FALSE")
 os.environ.setdefault("POINTGST_CACHE", os.path.join(os.path.dirname(__file__), ".cache-never-used"))
 
 import pytest  # noqa: E402

@@ -110,7 +110,6 @@ def test_bad_input_fails_before_any_work(tmp_path):
              (["--set", "data.root=/no/such/folder"], "/no/such/folder"),
              (["--set", "method.options.gft_mode=sideways"], "gft_mode")]
     for extra, message in cases:
-        started = time.time()
         result = subprocess.run([sys.executable, "-m", "pointgst.cli", "train", "modelnet40-small.cpu", "--out",
                                  str(tmp_path / "x"), *extra], capture_output=True, text=True, timeout=300)
         assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]

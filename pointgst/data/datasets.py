@@ -25,7 +25,6 @@ from __future__ import annotations
 import operator
 import os
 import pickle
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from pointgst.atomic import write_atomic
 from pointgst.data.readers import (
     POINT_FILE_SUFFIXES,
     DatasetError,
@@ -443,23 +443,17 @@ def convert_dat_to_npz(dat_path: str | os.PathLike, out_path: str | os.PathLike,
     data = ModelNetDatCache(dat_path, split=split, classes=classes, allow_pickle=allow_pickle)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_path, lambda f: np.savez(f, points=data.points.numpy(), labels=data.labels.numpy(),
+    write_atomic(out_path, lambda tmp: _save_npz(tmp, points=data.points.numpy(), labels=data.labels.numpy(),
                                                names=np.array(data.shape_ids)))
     names_file = out_path.parent / "shape_names.txt"
     if not names_file.exists():
-        _write_atomic(names_file, lambda f: f.write("".join(f"{c}\n" for c in data.class_names).encode()))
+        write_atomic(names_file, lambda tmp: tmp.write_text("".join(f"{c}\n" for c in data.class_names)))
     return out_path
 
 
-def _write_atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _save_npz(path: Path, **arrays) -> None:
+    with open(path, "wb") as handle:  # a file object: np.savez would append ".npz" to a bare path
+        np.savez(handle, **arrays)
 
 
 # ------------------------------------------------------------------------------------------------- own data

@@ -22,8 +22,11 @@ class Distributed:
         return self.world_size > 1
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the processes, in place (on the process device: nccl serves CUDA tensors only)."""
         if self.enabled:
-            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            on_device = tensor.to(self.device)
+            dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+            tensor.copy_(on_device)
         return tensor
 
     def barrier(self) -> None:

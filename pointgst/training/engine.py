@@ -12,6 +12,7 @@ import json
 import random
 import resource
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,8 @@ def selection_split(recipe: Recipe) -> str:
 def build_splits(recipe: Recipe) -> dict[str, Dataset]:
     """train / select (validation carved from train, or the test split: :func:`selection_split`) / test."""
     data, seed = recipe.data, recipe.train.seed
-    train, test = build_dataset(data, "train"), build_dataset(data, "test")
+    spec = {**asdict(data), "seed": seed}  # the per-sample point shuffle follows train.seed
+    train, test = build_dataset(spec, "train"), build_dataset(spec, "test")
     if data.max_train_samples:
         train = _subset(train, stratified_subset(train.labels, data.max_train_samples, seed))
     if data.max_test_samples:
@@ -105,7 +107,9 @@ def build_splits(recipe: Recipe) -> dict[str, Dataset]:
                              f"{data.num_classes} classes leave none at val_fraction {data.val_fraction}; raise "
                              "data.val_fraction or data.max_train_samples, or select on the test split "
                              "(train.selection=test, the official protocol)")
-        splits.update(train=_subset(train, train_idx), select=_subset(train, val_idx))
+        # validation clouds keep their stored point order every epoch (FPS starts at index 0), like the test split
+        stored_order = build_dataset({**spec, "shuffle_points": False}, "train")
+        splits.update(train=_subset(train, train_idx), select=_subset(stored_order, val_idx))
     return splits
 
 
@@ -241,12 +245,10 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> tuple[float, float, float]:
         from tqdm import tqdm
 
-        self.train_model.train()
-        if not isinstance(getattr(self.model, "base_model", None), PointGSTModel):
-            keep_frozen_norms_in_eval(self.model)  # PointGST's tuner does this itself (or, officially, does not)
+        self._set_train_mode()
         torch.manual_seed(derived_seed(self.recipe.train.seed, "dropout", epoch, self.dist.rank))
         auxiliary = [m for m in self.model.modules() if hasattr(m, "auxiliary_loss")]
-        data, loader = self.recipe.data, self.loaders["train"]
+        loader = self.loaders["train"]
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
         start = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
@@ -276,6 +278,11 @@ class Trainer:
         self.dist.all_reduce_sum(totals)
         return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item(), time.time() - start
 
+    def _set_train_mode(self) -> None:
+        self.train_model.train()
+        if not isinstance(getattr(self.model, "base_model", None), PointGSTModel):
+            keep_frozen_norms_in_eval(self.model)  # PointGST's tuner does this itself (or, officially, does not)
+
     @torch.no_grad()
     def _probe_loss(self, points: torch.Tensor, labels: torch.Tensor) -> float:
         """Cross-entropy of the first training batch under the initial weights in eval mode (no dropout, no batch
@@ -284,7 +291,7 @@ class Trainer:
         self.model.eval()
         totals = torch.tensor([F.cross_entropy(self.model(points).float(), labels, reduction="sum").item(),
                                len(labels)], dtype=torch.float64)
-        self.train_model.train()
+        self._set_train_mode()
         self.dist.all_reduce_sum(totals)
         return (totals[0] / totals[1]).item()
 
@@ -311,7 +318,7 @@ class Trainer:
     # -- the end ----------------------------------------------------------------------------------------------
     def _finish(self, seconds: float) -> dict[str, Any]:
         last_test = self._scores("test")
-        load_trainable_state(self.model, torch.load(self.run_dir / BEST_STATE, map_location="cpu"))
+        load_trainable_state(self.model, torch.load(self.run_dir / BEST_STATE, map_location="cpu", weights_only=True))
         best_test = self._scores("test")
         summary = {
             "recipe": self.recipe.name, "selection": selection_split(self.recipe),
@@ -373,7 +380,7 @@ def evaluate_run(run_dir: str | Path, *, vote: int | None = None, repeats: int |
     recipe = Recipe.from_dict(yaml.safe_load((run_dir / RECIPE).read_text()), name=run_dir.name)
     dist = setup_distributed(device)
     model = build_model(recipe).to(dist.device)
-    load_trainable_state(model, torch.load(run_dir / BEST_STATE, map_location="cpu"))
+    load_trainable_state(model, torch.load(run_dir / BEST_STATE, map_location="cpu", weights_only=True))
     loader = make_loader(build_splits(recipe)["test"], recipe, dist, train=False)
     scores = split_scores(model, loader, recipe, dist)
     result = {"run": str(run_dir), "test_acc": scores.acc, "test_macc": scores.macc, "count": scores.count}

@@ -68,12 +68,14 @@ def collect_logits(model: nn.Module, loader: DataLoader, dist: Distributed, *, n
 
 
 def _gather(tensor: torch.Tensor, dist: Distributed) -> torch.Tensor:
+    """Concatenate every process's ``tensor`` (rows may differ in number); collectives run on the process device
+    (nccl serves CUDA tensors only), the result is on the CPU."""
     import torch.distributed as tdist
-    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(dist.world_size)]
-    tdist.all_gather(sizes, torch.tensor([len(tensor)]))
+    sizes = [torch.zeros(1, dtype=torch.long, device=dist.device) for _ in range(dist.world_size)]
+    tdist.all_gather(sizes, torch.tensor([len(tensor)], device=dist.device))
     longest = max(int(s) for s in sizes)
-    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype)
-    padded[: len(tensor)] = tensor
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=dist.device)
+    padded[: len(tensor)] = tensor.to(dist.device)
     out = [torch.zeros_like(padded) for _ in range(dist.world_size)]
     tdist.all_gather(out, padded)
-    return torch.cat([o[: int(s)] for o, s in zip(out, sizes)])
+    return torch.cat([o[: int(s)].cpu() for o, s in zip(out, sizes)])

@@ -2,13 +2,13 @@
 
 import csv
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from pointgst.atomic import write_atomic
 
 CHECKPOINT = "checkpoint-last.pt"
 BEST_STATE = "best-trainable.pt"
@@ -18,21 +18,11 @@ RECIPE = "recipe.yaml"
 
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` into a temporary file beside ``path``, then rename it into place."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -66,12 +56,13 @@ class MetricsLog:
         self.rows.append(row)
         write_text_atomic(self.run_dir / METRICS_JSONL, "".join(json.dumps(r) + "\n" for r in self.rows))
         columns = sorted({k for r in self.rows for k in r}, key=lambda k: (k != "epoch", k))
-        fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=self.run_dir)
-        with os.fdopen(fd, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.run_dir / METRICS_CSV)
+
+        def write_csv(tmp: Path) -> None:
+            with open(tmp, "w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(self.rows)
+        write_atomic(self.run_dir / METRICS_CSV, write_csv)
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:
@@ -90,8 +81,5 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     right.plot(epochs, [100 * r["select_acc"] for r in rows], marker="o", label=f"{rows[0]['select_split']} accuracy")
     right.set_xlabel("epoch"), right.set_ylabel("%"), right.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".curves.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
-    os.replace(tmp, path)

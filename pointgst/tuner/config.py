@@ -71,8 +71,8 @@ class PointGSTConfig(PeftConfig):
     layers_pattern: Optional[Union[list[str], str]] = field(default=None)
     bias: str = field(default="none")
     backbone_options: Optional[dict] = field(default=None, metadata={
-        "help": "architecture and grouping options of the backbone the adapter was trained on (recorded at "
-                "injection), used to rebuild the same backbone when loading"})
+        "help": "architecture, number of classes and grouping options of the backbone the adapter was trained on "
+                "(recorded at injection), used to rebuild the same backbone when loading"})
 
     def __post_init__(self) -> None:
         super().__post_init__()

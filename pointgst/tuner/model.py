@@ -68,6 +68,7 @@ class PointGSTModel(BaseTuner):
         if peft_config.modules_to_save is None:  # a head method replaces the head: nothing of the old one trains
             peft_config.modules_to_save = [] if peft_config.method_parts()[1] else list(self.model.head_modules)
         peft_config.backbone_options = {"architecture": self.model.architecture,
+                                        "num_classes": self.model.num_classes,
                                         **{key: self.model.arch_config[key] for key in GROUPING_OPTIONS}}
         return peft_config
 
