@@ -139,3 +139,14 @@ def test_save_fresh_process_load_gives_identical_outputs_for_every_method(tmp_pa
     reloaded = torch.load(tmp_path / "reloaded.pt")
     for method in METHODS:
         assert torch.equal(reloaded[method], expected[method]), method
+
+
+def test_head_method_adapter_reloads_with_its_own_number_of_classes(tmp_path):
+    _backbone(classes=40).save_pretrained(tmp_path / "weights")  # base weights with a 40-class head
+    model = pointgst.wrap(pointgst.create_backbone("point_mae", pretrained=tmp_path / "weights"),
+                          method="deepla_head", num_classes=15).eval()
+    model.save_pretrained(str(tmp_path / "adapter"))
+    loaded = pointgst.load_adapter(tmp_path / "adapter").eval()
+    x = _points(2, seed=9)
+    with torch.no_grad():
+        assert loaded(x).shape == (2, 15) and torch.equal(loaded(x), model(x))

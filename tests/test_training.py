@@ -132,3 +132,16 @@ def test_two_process_torchrun_agrees_with_one_process_at_the_first_step(tmp_path
     first = [json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0]) for run in ("single", "ddp")]
     assert first[0]["first_step_loss"] == pytest.approx(first[1]["first_step_loss"], rel=1e-5)
     assert abs(first[0]["train_loss"] - first[1]["train_loss"]) < 0.5  # head BatchNorm sees half batches per rank
+
+
+@needs_data
+def test_frozen_batchnorm_statistics_do_not_drift_while_training_the_head(tmp_path):
+    from pointgst.training import Trainer
+
+    recipe = load_recipe("modelnet40-small.cpu", TINY + ["train.epochs=1", "train.warmup_epochs=0",
+                                                          "method.name=linear", "method.options={}"])
+    trainer = Trainer(recipe, tmp_path / "run", progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items() if k.startswith("encoder.")}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())  # first-step probe included
