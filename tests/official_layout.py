@@ -64,6 +64,14 @@ def point_mae_decoder() -> dict[str, tuple[int, ...]]:
     return keys
 
 
+def point_mae_pretrain() -> dict[str, tuple[int, ...]]:
+    """The official Point-MAE pretraining model ``Point_MAE`` (209 entries): ``MAE_encoder.`` + the backbone keys
+    without cls token, cls position and head, then the decoder keys."""
+    backbone = {f"MAE_encoder.{k}": v for k, v in point_mae_finetune().items()
+                if not k.startswith(("cls_token", "cls_pos", "cls_head"))}
+    return {**backbone, **point_mae_decoder()}
+
+
 GPT_SIZES = {"pointgpt_s": (384, 12, False), "pointgpt_b": (768, 12, True), "pointgpt_l": (1024, 24, True)}
 
 

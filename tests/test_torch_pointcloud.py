@@ -24,138 +24,20 @@ from pointgst.backbones.torch_pointcloud import (
     torch_pointcloud_key_table,
 )
 
+from . import official_layout
+
 Shapes = dict[str, tuple[int, ...]]
-
-BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-SIZES = {  # width, depth, large patch encoder
-    "pointgpt_s": (384, 12, False),
-    "pointgpt_b": (768, 12, True),
-    "pointgpt_l": (1024, 24, True),
-}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Official layouts from docs/backbones.md
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _bn(shapes: Shapes, key: str, n: int) -> None:
-    for name in BN:
-        shapes[f"{key}.{name}"] = () if name == "num_batches_tracked" else (n,)
-
-
-def _lin(shapes: Shapes, key: str, out: int, inp: int, conv: bool = False) -> None:
-    shapes[f"{key}.weight"] = (out, inp, 1) if conv else (out, inp)
-    shapes[f"{key}.bias"] = (out,)
-
-
-def _patch_encoder(shapes: Shapes, prefix: str, width: int, large: bool) -> None:
-    enc = f"{prefix}encoder."
-    if not large:  # §1.1 / §2.3 Encoder_small
-        _lin(shapes, enc + "first_conv.0", 128, 3, conv=True)
-        _bn(shapes, enc + "first_conv.1", 128)
-        _lin(shapes, enc + "first_conv.3", 256, 128, conv=True)
-        _lin(shapes, enc + "second_conv.0", 512, 512, conv=True)
-        _bn(shapes, enc + "second_conv.1", 512)
-        _lin(shapes, enc + "second_conv.3", width, 512, conv=True)
-    else:  # §2.3 Encoder_large
-        _lin(shapes, enc + "first_conv.0", 256, 3, conv=True)
-        _bn(shapes, enc + "first_conv.1", 256)
-        _lin(shapes, enc + "first_conv.3", 512, 256, conv=True)
-        _bn(shapes, enc + "first_conv.4", 512)
-        _lin(shapes, enc + "first_conv.6", 1024, 512, conv=True)
-        _lin(shapes, enc + "second_conv.0", 2048, 2048, conv=True)
-        _bn(shapes, enc + "second_conv.1", 2048)
-        _lin(shapes, enc + "second_conv.3", width, 2048, conv=True)
-
-
-def _head(shapes: Shapes, prefix: str, width: int, cls_dim: int) -> None:
-    _lin(shapes, prefix + "cls_head_finetune.0", 256, 2 * width)
-    _bn(shapes, prefix + "cls_head_finetune.1", 256)
-    _lin(shapes, prefix + "cls_head_finetune.4", 256, 256)
-    _bn(shapes, prefix + "cls_head_finetune.5", 256)
-    _lin(shapes, prefix + "cls_head_finetune.8", cls_dim, 256)
-
-
-def _vit_blocks(shapes: Shapes, prefix: str, depth: int, c: int = 384) -> None:
-    for i in range(depth):
-        b = f"{prefix}{i}."
-        for ln in ("norm1", "norm2"):
-            shapes[f"{b}{ln}.weight"] = (c,)
-            shapes[f"{b}{ln}.bias"] = (c,)
-        shapes[f"{b}attn.qkv.weight"] = (3 * c, c)
-        _lin(shapes, b + "attn.proj", c, c)
-        _lin(shapes, b + "mlp.fc1", 4 * c, c)
-        _lin(shapes, b + "mlp.fc2", c, 4 * c)
-
-
-def _ln(shapes: Shapes, key: str, c: int) -> None:
-    shapes[f"{key}.weight"] = (c,)
-    shapes[f"{key}.bias"] = (c,)
-
-
-def official_point_mae(kind: str, cls_dim: int = 15) -> Shapes:
-    """§1.4 (fine-tune, 174 entries) and §1.5 (pretrain ``Point_MAE``, 209 entries)."""
-    s: Shapes = {}
-    if kind == "finetune":
-        s["cls_token"] = (1, 1, 384)
-        s["cls_pos"] = (1, 1, 384)
-        _patch_encoder(s, "", 384, large=False)
-        _lin(s, "pos_embed.0", 128, 3)
-        _lin(s, "pos_embed.2", 384, 128)
-        _vit_blocks(s, "blocks.blocks.", 12)
-        _ln(s, "norm", 384)
-        _head(s, "", 384, cls_dim)
-        return s
-    s["mask_token"] = (1, 1, 384)
-    _patch_encoder(s, "MAE_encoder.", 384, large=False)
-    _lin(s, "MAE_encoder.pos_embed.0", 128, 3)
-    _lin(s, "MAE_encoder.pos_embed.2", 384, 128)
-    _vit_blocks(s, "MAE_encoder.blocks.blocks.", 12)
-    _ln(s, "MAE_encoder.norm", 384)
-    _lin(s, "decoder_pos_embed.0", 128, 3)
-    _lin(s, "decoder_pos_embed.2", 384, 128)
-    _vit_blocks(s, "MAE_decoder.blocks.", 4)
-    _ln(s, "MAE_decoder.norm", 384)
-    _lin(s, "increase_dim.0", 96, 384, conv=True)
-    return s
-
-
-def _gpt_stack(s: Shapes, prefix: str, c: int, depth: int) -> None:
-    s[f"{prefix}sos"] = (c,)
-    for i in range(depth):
-        b = f"{prefix}layers.{i}."
-        _ln(s, b + "ln_1", c)
-        _ln(s, b + "ln_2", c)
-        s[b + "attn.in_proj_weight"] = (3 * c, c)
-        s[b + "attn.in_proj_bias"] = (3 * c,)
-        _lin(s, b + "attn.out_proj", c, c)
-        _lin(s, b + "mlp.0", 4 * c, c)
-        _lin(s, b + "mlp.2", c, 4 * c)
-    _ln(s, prefix + "ln_f", c)
-    _lin(s, prefix + "increase_dim.0", 96, c, conv=True)
-
-
-def official_pointgpt(arch: str, kind: str, cls_dim: int = 15) -> Shapes:
-    """§2.8: fine-tune ``PointTransformer`` (S 243 / B 250 / L 394), pretrain ``GPT_Transformer.*`` (223/230/374)."""
-    c, depth, large = SIZES[arch]
-    p = "" if kind == "finetune" else "GPT_Transformer."
-    s: Shapes = {}
-    s[p + "sos_pos"] = (1, 1, c)
-    _patch_encoder(s, p, c, large)
-    _gpt_stack(s, p + "blocks.", c, depth)
-    _gpt_stack(s, p + "generator_blocks.", c, 4)
-    _ln(s, p + "norm", c)
-    if kind == "finetune":
-        s["cls_token"] = (1, 1, c)
-        s["cls_pos"] = (1, 1, c)
-        _head(s, "blocks.", c, cls_dim)
-        _ln(s, "blocks.cls_norm", c)
-    return s
+SIZES = official_layout.GPT_SIZES  # width, depth, large patch encoder
 
 
 def official_shapes(arch: str, kind: str, cls_dim: int = 15) -> Shapes:
-    return official_point_mae(kind, cls_dim) if arch == "point_mae" else official_pointgpt(arch, kind, cls_dim)
+    """Official key -> shape tables (``tests/official_layout.py``): fine-tune models, or pretraining checkpoints
+    with their official prefixes."""
+    if arch == "point_mae":
+        return official_layout.point_mae_finetune(cls_dim) if kind == "finetune" else official_layout.point_mae_pretrain()
+    if kind == "finetune":
+        return official_layout.pointgpt_finetune(arch, cls_dim)
+    return {f"GPT_Transformer.{k}": v for k, v in official_layout.pointgpt_pretrain(arch).items()}
 
 
 def make_tensors(shapes: Shapes, cheap: bool = False, seed: int = 0) -> dict[str, torch.Tensor]:
