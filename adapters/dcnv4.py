@@ -21,20 +21,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pointgst.ops import gather_points, knn_indices
+from pointgst.validation import check_int
 
 __all__ = ["dcnv4_output_size", "dcnv4_sample", "DCNv4", "DeformablePointLayer"]
 
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _check_geometry(*, group: int, kernel_size: int, stride: int, pad: int, dilation: int) -> None:
     """Validate the sampling-geometry arguments shared by :func:`dcnv4_sample` and :class:`DCNv4`."""
     for name, number, minimum in (("group", group, 1), ("kernel_size", kernel_size, 1), ("stride", stride, 1),
                                   ("pad", pad, 0), ("dilation", dilation, 1)):
-        _check_int(name, number, minimum)
+        check_int(name, number, minimum)
 
 
 def _kernel_points(kernel_size: int, dilation: int, remove_center: bool) -> list[tuple[int, int]]:
@@ -208,7 +205,7 @@ class DCNv4(nn.Module):
         without_pointwise: bool = False,
     ) -> None:
         super().__init__()
-        _check_int("channels", channels, 1)
+        check_int("channels", channels, 1)
         _check_geometry(group=group, kernel_size=kernel_size, stride=stride, pad=pad, dilation=dilation)
         if channels % group:
             raise ValueError(f"channels must be divisible by group, got channels={channels} and group={group}")
@@ -226,7 +223,7 @@ class DCNv4(nn.Module):
         if remove_center and (kernel_size % 2 == 0 or kernel_size == 1):
             raise ValueError(f"remove_center needs an odd kernel_size > 1, got kernel_size={kernel_size}")
         if dw_kernel_size is not None:
-            _check_int("dw_kernel_size", dw_kernel_size, 1)
+            check_int("dw_kernel_size", dw_kernel_size, 1)
             if dw_kernel_size % 2 == 0:
                 raise ValueError(f"dw_kernel_size must be odd to keep the image size, got {dw_kernel_size}")
         self.channels = channels
@@ -373,7 +370,7 @@ class DeformablePointLayer(nn.Module):
     ) -> None:
         super().__init__()
         for name, number in (("dim", dim), ("hidden", hidden), ("groups", groups), ("num_points", num_points)):
-            _check_int(name, number, 1)
+            check_int(name, number, 1)
         if hidden % groups:
             raise ValueError(f"hidden must be divisible by groups, got hidden={hidden} and groups={groups}")
         if not eps > 0:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pointgst.ops import farthest_point_sample, gather_points, knn_indices
+from pointgst.validation import check_int
 
 __all__ = [
     "PointBatchNorm",
@@ -51,10 +52,6 @@ def _linear(in_dim: int, out_dim: int, bias: bool) -> nn.Linear:
         nn.init.zeros_(layer.bias)
     return layer
 
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 class PointBatchNorm(nn.BatchNorm1d):
@@ -194,7 +191,7 @@ class ResLFE(nn.Module):
 
     def __init__(self, dim: int, depth: int, drop_path: Sequence[float] | None = None, mlp_ratio: float = 1.0) -> None:
         super().__init__()
-        _check_int("depth", depth, 1)
+        check_int("depth", depth, 1)
         rates = [0.0] * depth if drop_path is None else [float(rate) for rate in drop_path]
         if len(rates) != depth or not all(0.0 <= rate < 1.0 for rate in rates):
             raise ValueError(f"drop_path must hold depth={depth} rates in [0, 1), got {drop_path!r}")
@@ -316,12 +313,12 @@ class DeepLAHead(nn.Module):
         super().__init__()
         for name, value in (("in_dim", in_dim), ("num_classes", num_classes), ("width", width), ("k", k),
                             ("hidden", hidden)):
-            _check_int(name, value, 1)
+            check_int(name, value, 1)
         depths = tuple(depths)
         if not depths:
             raise ValueError("depths must name at least one stage, e.g. (2, 2)")
         for depth in depths:
-            _check_int("every entry of depths", depth, 1)
+            check_int("every entry of depths", depth, 1)
         if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) \
                 or not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be a number in [0, 1), got {drop_path_rate!r}")

@@ -26,9 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pointgst.errors import PointCloudError, UnknownNameError
+from pointgst.errors import PointCloudError
 from pointgst.ops import curve_key, gather_points
-from pointgst.validation import check_point_cloud
+from pointgst.validation import check_choice, check_point_cloud
 
 CURVES = ("z_order", "hilbert")
 LAPLACIANS = ("normalized", "combinatorial")
@@ -38,10 +38,6 @@ EIGH_DTYPES = (torch.float32, torch.float64)
 
 _DEGREE_EPS = 1e-6  # added to the degrees before rsqrt, as in the official code
 
-
-def _check_choice(name: str, value: object, choices: tuple) -> None:
-    if value not in choices:
-        raise UnknownNameError(f"unknown {name}={value!r}; valid choices: {', '.join(map(repr, choices))}")
 
 
 @dataclass(frozen=True)
@@ -68,11 +64,11 @@ class SpectralOptions:
     def __post_init__(self) -> None:
         if isinstance(self.local_size, bool) or not isinstance(self.local_size, int) or self.local_size < 1:
             raise ValueError(f"local_size must be a positive int, got {self.local_size!r}")
-        _check_choice("curve", self.curve, CURVES)
-        _check_choice("laplacian", self.laplacian, LAPLACIANS)
-        _check_choice("dmin_scope", self.dmin_scope, DMIN_SCOPES)
-        _check_choice("gft_mode", self.gft_mode, GFT_MODES)
-        _check_choice("eigh_dtype", self.eigh_dtype, EIGH_DTYPES)
+        check_choice("curve", self.curve, CURVES)
+        check_choice("laplacian", self.laplacian, LAPLACIANS)
+        check_choice("dmin_scope", self.dmin_scope, DMIN_SCOPES)
+        check_choice("gft_mode", self.gft_mode, GFT_MODES)
+        check_choice("eigh_dtype", self.eigh_dtype, EIGH_DTYPES)
 
 
 @dataclass(frozen=True, eq=False)
@@ -177,7 +173,7 @@ def graph_adjacency(centers: Tensor, dmin_scope: str = "sample") -> Tensor:
     smallest positive distance over the M graphs of each sample ("sample") or over the whole tensor ("batch");
     1 where there is none (all centres coincide: every weight is then 1 anyway).
     """
-    _check_choice("dmin_scope", dmin_scope, DMIN_SCOPES)
+    check_choice("dmin_scope", dmin_scope, DMIN_SCOPES)
     dist = (centers.unsqueeze(-2) - centers.unsqueeze(-3)).square().sum(-1).sqrt()
     positive = dist > 0
     dims = (1, 2, 3) if dmin_scope == "sample" else (0, 1, 2, 3)
@@ -191,7 +187,7 @@ def graph_laplacian(adjacency: Tensor, kind: str = "normalized") -> Tensor:
 
     "normalized": ``I - D^-1/2 W D^-1/2`` with ``D^-1/2 = rsqrt(D + 1e-6)``; "combinatorial": ``D - W``.
     """
-    _check_choice("laplacian", kind, LAPLACIANS)
+    check_choice("laplacian", kind, LAPLACIANS)
     degree = adjacency.sum(-1)
     if kind == "combinatorial":
         return torch.diag_embed(degree) - adjacency

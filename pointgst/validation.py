@@ -1,9 +1,24 @@
-"""Input checks shared by every backbone: shape, dtype, finiteness and point count."""
+"""Input checks shared across the package: point clouds (shape, dtype, finiteness, point count) and arguments."""
+
+from typing import Iterable
 
 import torch
 from torch import Tensor
 
-from pointgst.errors import PointCloudError
+from pointgst.errors import PointCloudError, UnknownNameError
+
+
+def check_int(name: str, value: object, minimum: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an int (not a bool) ``>= minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_choice(name: str, value: object, choices: Iterable[object]) -> None:
+    """Raise :class:`UnknownNameError` (a ``ValueError``) naming the valid choices unless ``value`` is one."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise UnknownNameError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
 
 
 def check_point_cloud(points: Tensor, *, min_points: int = 1, name: str = "points") -> None:

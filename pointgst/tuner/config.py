@@ -8,6 +8,7 @@ from peft import PeftConfig
 
 from pointgst.errors import UnknownNameError
 from pointgst.spectral import SpectralOptions
+from pointgst.validation import check_choice
 
 PEFT_TYPE = "POINTGST"
 PLACEMENTS = ("ffn", "ffn+attn")
@@ -18,10 +19,6 @@ OFFICIAL_PRESET = dict(dmin_scope="batch", gft_mode="official_code", laplacian="
                        bn_stats="update")
 PRESETS = {"official": OFFICIAL_PRESET}
 
-
-def _choice(name: str, value: object, choices) -> None:
-    if value not in choices:
-        raise UnknownNameError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
 
 
 @dataclass
@@ -78,13 +75,13 @@ class PointGSTConfig(PeftConfig):
         super().__post_init__()
         self.peft_type = PEFT_TYPE
         if self.preset is not None:
-            _choice("preset", self.preset, tuple(PRESETS))
+            check_choice("preset", self.preset, tuple(PRESETS))
             for key, value in PRESETS[self.preset].items():
                 setattr(self, key, value)
         self.method_parts()  # validates the method
-        _choice("placement", self.placement, PLACEMENTS)
-        _choice("bn_stats", self.bn_stats, BN_STATS)
-        _choice("eigh_dtype", self.eigh_dtype, tuple(EIGH_DTYPES))
+        check_choice("placement", self.placement, PLACEMENTS)
+        check_choice("bn_stats", self.bn_stats, BN_STATS)
+        check_choice("eigh_dtype", self.eigh_dtype, tuple(EIGH_DTYPES))
         if not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
         self.spectral_options()  # validates the spectral fields
