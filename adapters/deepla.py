@@ -4,8 +4,8 @@ Reference: ``docs/alt_modules.md`` section A (DeepLA-Net, Zeng et al., CVPR 2025
 building blocks of A.2 and the hybrid deep supervision of A.4) and section C.4 (this head: DeepLA blocks on the final
 tokens of a frozen Point-MAE / PointGPT, a design proposal of this toolkit, not a published method).
 
-Top to bottom: the point-wise pieces (:class:`PointBatchNorm`, :func:`drop_path`, :func:`kemp`,
-:func:`knn_geometry`), the DeepLA building blocks (:class:`VFR`, :class:`FFN`, :class:`StagePositionEmbedding`,
+Top to bottom: the point-wise pieces (:class:`PointBatchNorm`, :func:`kemp`, :func:`knn_geometry`; stochastic
+depth is :func:`pointgst.stochastic_depth.drop_path`), the DeepLA building blocks (:class:`VFR`, :class:`FFN`, :class:`StagePositionEmbedding`,
 :class:`ResLFE`, :class:`Downsample`), then :class:`DeepLAHead` and its loss schedule :func:`hybrid_weights`.
 
 Everything works on batches of clouds ``(B, N, C)`` at once. The released code packs a batch into one point set; the
@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pointgst.ops import farthest_point_sample, gather_points, knn_indices
+from pointgst.stochastic_depth import drop_path
 from pointgst.validation import check_int
 
 __all__ = [
     "PointBatchNorm",
-    "drop_path",
     "kemp",
     "knn_geometry",
     "VFR",
@@ -64,15 +64,6 @@ class PointBatchNorm(nn.BatchNorm1d):
 
     def forward(self, x: Tensor) -> Tensor:
         return super().forward(x.reshape(-1, x.shape[-1])).reshape(x.shape)
-
-
-def drop_path(x: Tensor, rate: float, training: bool) -> Tensor:
-    """Stochastic depth per cloud: ``x (B, ...)`` scaled by ``floor(keep + U) / keep`` per sample, training only."""
-    if rate == 0.0 or not training:
-        return x
-    keep = 1.0 - rate
-    mask = torch.floor(keep + torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device))
-    return x / keep * mask
 
 
 def kemp(features: Tensor, knn: Tensor) -> Tensor:

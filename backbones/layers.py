@@ -6,6 +6,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from pointgst.stochastic_depth import drop_path
+
 
 class DropPath(nn.Module):
     """Per-sample stochastic depth (timm 0.4.5 semantics): ``x / keep * floor(keep + U)``, training only."""
@@ -15,12 +17,7 @@ class DropPath(nn.Module):
         self.drop_prob = drop_prob
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.drop_prob
-        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-        mask = torch.floor(keep + torch.rand(shape, dtype=x.dtype, device=x.device))
-        return x.div(keep) * mask
+        return drop_path(x, self.drop_prob, self.training)
 
     def extra_repr(self) -> str:
         return f"drop_prob={self.drop_prob}"
