@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from pointgst.data.transforms import augment, fps_resample, fps_then_random_subset
+from pointgst.data.transforms import augment, fps_resample, random_subset
 
 from .distributed import Distributed
 
@@ -49,9 +49,10 @@ def collect_logits(model: nn.Module, loader: DataLoader, dist: Distributed, *, n
     for index, points, labels in loader:
         points = points.to(dist.device)
         if vote:
+            pool = fps_resample(points, min(point_all or npoints, points.shape[1]))  # deterministic: once per batch
             total = 0
             for _ in range(vote):
-                view = fps_then_random_subset(points, npoints, point_all or npoints, generator)
+                view = random_subset(pool, npoints, generator)
                 total = total + model(augment(view, augmentation, generator)).float()
             logits = total / vote
         else:
