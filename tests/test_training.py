@@ -88,6 +88,13 @@ def test_cli_run_writes_everything_and_resume_after_kill_matches(tmp_path):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["trainable_parameters"] == 629_256 - 30 * 257 and 0 <= summary["test_acc"] <= 1  # 10 classes
     assert "test_acc" in out and (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    voted = subprocess.run([sys.executable, "-m", "pointgst.cli", "eval", str(run), "--vote", "2", "--repeats", "2",
+                            "--best-of", "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert voted.returncode == 0, voted.stderr[-3000:]
+    result = json.loads((run / "eval.json").read_text())
+    assert result["test_acc"] == pytest.approx(summary["test_acc"]) and result["vote_repeats"] == 2
+    assert 0 <= result["vote_acc_mean"] <= 1 and result["vote_acc_std"] >= 0
+    assert result["vote_acc_best_of_repeats_official_optimistic"] >= result["vote_acc_mean"]
 
     killed = _train_cli(tmp_path / "resumed")
     checkpoint = tmp_path / "resumed" / "checkpoint-last.pt"

@@ -59,9 +59,11 @@ class IndexedDataset(Dataset):
 
 
 def build_model(recipe: Recipe) -> nn.Module:
-    """The wrapped backbone a recipe describes."""
+    """The wrapped backbone a recipe describes. Seeded by ``train.seed``, so a run's randomly initialised parts
+    (a backbone without pretrained weights, fresh adapters) are rebuilt identically for ``pointgst eval``."""
     from pointgst.wrapping import wrap
 
+    torch.manual_seed(recipe.train.seed)
     backbone_options = {"num_group": recipe.backbone.num_group, "group_size": recipe.backbone.group_size}
     if recipe.backbone.drop_path_rate is not None:
         backbone_options["drop_path_rate"] = recipe.backbone.drop_path_rate
@@ -173,7 +175,6 @@ class Trainer:
             self._prepare_run_dir(resume)
         self.dist.barrier()
         self.splits = build_splits(recipe)
-        torch.manual_seed(recipe.train.seed)
         self.model = build_model(recipe).to(self.dist.device)
         self.loaders = {name: make_loader(ds, recipe, self.dist, train=(name == "train"))
                         for name, ds in self.splits.items()}
