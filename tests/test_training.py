@@ -152,3 +152,29 @@ def test_frozen_batchnorm_statistics_do_not_drift_while_training_the_head(tmp_pa
     trainer.fit()
     after = trainer.model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())  # first-step probe included
+
+
+@needs_data
+def test_validation_split_is_disjoint_from_training_and_keeps_stored_order():
+    from pointgst.training.engine import build_splits
+
+    recipe = load_recipe("modelnet40-small.cpu", [f"data.root={SHARED_DATA / 'modelnet40_1024'}"])
+    splits = build_splits(recipe)
+
+    def shape_ids(subset):
+        """The shape ids a (nested) Subset selects, and the dataset under it."""
+        base, chain = subset, []
+        while hasattr(base, "indices"):
+            chain.append(base.indices)
+            base = base.dataset
+        ids = list(range(len(base)))
+        for layer in reversed(chain):
+            ids = [ids[i] for i in layer]
+        return {base.shape_ids[i] for i in ids}, base
+
+    train_ids, train_base = shape_ids(splits["train"])
+    select_ids, select_base = shape_ids(splits["select"])
+    assert len(train_ids) + len(select_ids) == recipe.data.max_train_samples and not train_ids & select_ids
+    assert train_base.shuffle_points and not select_base.shuffle_points
+    first, _ = splits["select"][0]
+    assert torch.equal(first, splits["select"][0][0])  # same order every time

@@ -22,6 +22,7 @@ Formats (see ``datasets.md``):
 
 from __future__ import annotations
 
+import copy
 import operator
 import os
 import pickle
@@ -156,6 +157,12 @@ class PointCloudDataset(Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def with_stored_order(self) -> "PointCloudDataset":
+        """The same samples (sharing the loaded data) without the point-order shuffle."""
+        view = copy.copy(self)
+        view.shuffle_points = False
+        return view
 
     def set_epoch(self, epoch: int) -> None:
         """Draw a new point-order shuffle for this epoch (no effect when ``shuffle_points`` is off)."""

@@ -95,8 +95,11 @@ def build_splits(recipe: Recipe) -> dict[str, Dataset]:
     data, seed = recipe.data, recipe.train.seed
     spec = {**asdict(data), "seed": seed}  # the per-sample point shuffle follows train.seed
     train, test = build_dataset(spec, "train"), build_dataset(spec, "test")
+    # validation clouds keep their stored point order every epoch (FPS starts at index 0), like the test split
+    stored_order = train.with_stored_order()
     if data.max_train_samples:
-        train = _subset(train, stratified_subset(train.labels, data.max_train_samples, seed))
+        kept = stratified_subset(train.labels, data.max_train_samples, seed)
+        train, stored_order = _subset(train, kept), _subset(stored_order, kept)
     if data.max_test_samples:
         test = _subset(test, stratified_subset(test.labels, data.max_test_samples, seed))
     splits = {"test": test}
@@ -109,8 +112,6 @@ def build_splits(recipe: Recipe) -> dict[str, Dataset]:
                              f"{data.num_classes} classes leave none at val_fraction {data.val_fraction}; raise "
                              "data.val_fraction or data.max_train_samples, or select on the test split "
                              "(train.selection=test, the official protocol)")
-        # validation clouds keep their stored point order every epoch (FPS starts at index 0), like the test split
-        stored_order = build_dataset({**spec, "shuffle_points": False}, "train")
         splits.update(train=_subset(train, train_idx), select=_subset(stored_order, val_idx))
     return splits
 
