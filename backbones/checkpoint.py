@@ -121,12 +121,16 @@ def unwrap_state_dict(obj: Mapping[str, Any], source: str = "checkpoint") -> dic
     return state
 
 
+def _block_width(state: Mapping[str, Tensor]) -> int | None:
+    """Token width of a state dict's transformer blocks (from the first block norm), or None."""
+    return next((v.shape[-1] for k, v in state.items() if k.endswith(("norm1.weight", "ln_1.weight"))), None)
+
+
 def describe_state_dict(state: Mapping[str, Tensor]) -> str:
     """A short description of a state dict's architecture (family, width, depth) for error messages."""
     mae = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.blocks\.(\d+)\.", k))}
     gpt = {int(m.group(1)) for k in state if (m := re.match(r"blocks\.layers\.(\d+)\.", k))}
-    width = next((v.shape[-1] for k, v in state.items() if k.endswith("norm1.weight") or k.endswith("ln_1.weight")),
-                 None)
+    width = _block_width(state)
     if mae:
         return f"Point-MAE-style (width {width}, {max(mae) + 1} blocks)"
     if gpt:
@@ -136,7 +140,7 @@ def describe_state_dict(state: Mapping[str, Tensor]) -> str:
 
 def detect_architecture(state: Mapping[str, Tensor]) -> str:
     """The architecture name of an (unwrapped, official-layout) state dict, from its block keys and width."""
-    width = next((v.shape[-1] for k, v in state.items() if k.endswith(("norm1.weight", "ln_1.weight"))), None)
+    width = _block_width(state)
     if any(k.startswith("blocks.blocks.") for k in state):
         return "point_mae"
     gpt_sizes = {384: "pointgpt_s", 768: "pointgpt_b", 1024: "pointgpt_l"}
