@@ -13,7 +13,7 @@ from pointgst.errors import CheckpointError, UnknownNameError
 from .base import PointBackbone
 from .checkpoint import (CONFIG_FILE, FOLDER_FORMAT, WEIGHTS_FILE, LoadReport, fit_state_dict, read_checkpoint,
                          unwrap_state_dict)
-from .point_mae import PointMAE
+from .point_mae import PointMAE, PointMAETiny
 from .pointgpt import SIZES, PointGPT
 from .pretrained import PRETRAINED_CFGS, PretrainedCfg, hub_snapshot, resolve_pretrained_file
 
@@ -21,6 +21,7 @@ logger = logging.getLogger("pointgst")
 
 ARCHITECTURES: dict[str, Callable[..., PointBackbone]] = {
     "point_mae": PointMAE,
+    "point_mae_tiny": PointMAETiny,
     **{size: partial(PointGPT, size) for size in SIZES},
 }
 DEFAULT_NUM_CLASSES = 40

@@ -4,6 +4,7 @@ head, and :class:`Handle`, through which a tuner reaches one residual branch of 
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pointgst.stochastic_depth import drop_path
@@ -55,12 +56,13 @@ def init_vit_weights(module: nn.Module) -> None:
 class PatchEncoder(nn.Module):
     """Mini-PointNet turning each centred patch into one token.
 
-    ``large=False`` is Point-MAE's / PointGPT-S's encoder (3-128-256 | 512-512-C); ``large=True`` is
-    PointGPT-B/L's (3-256-512-1024 | 2048-2048-C). Module indices match the official state-dict keys.
-    Input (B, G, K, 3) -> tokens (B, G, C).
+    ``large=False`` is Point-MAE's / PointGPT-S's encoder (3-w0-w1 | 2w1-2w1-C with ``widths=(w0, w1) = (128, 256)``;
+    ``point_mae_tiny`` narrows it); ``large=True`` is PointGPT-B/L's (3-256-512-1024 | 2048-2048-C). Module indices
+    match the official state-dict keys. The 1x1 convolutions run as matrix products over all points (the same weights
+    and the same result as ``Conv1d``, and faster on CPU). Input (B, G, K, 3) -> tokens (B, G, C).
     """
 
-    def __init__(self, embed_dim: int, *, large: bool = False):
+    def __init__(self, embed_dim: int, *, large: bool = False, widths: tuple[int, int] = (128, 256)):
         super().__init__()
         if large:
             self.first_conv = nn.Sequential(
@@ -69,20 +71,28 @@ class PatchEncoder(nn.Module):
                 nn.Conv1d(512, 1024, 1))
             local_dim, hidden = 1024, 2048
         else:
+            first, local_dim = widths
             self.first_conv = nn.Sequential(
-                nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(inplace=True), nn.Conv1d(128, 256, 1))
-            local_dim, hidden = 256, 512
+                nn.Conv1d(3, first, 1), nn.BatchNorm1d(first), nn.ReLU(inplace=True), nn.Conv1d(first, local_dim, 1))
+            hidden = 2 * local_dim
         self.second_conv = nn.Sequential(
             nn.Conv1d(2 * local_dim, hidden, 1), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
             nn.Conv1d(hidden, embed_dim, 1))
 
     def forward(self, neighborhood: Tensor) -> Tensor:
         b, g, k, _ = neighborhood.shape
-        x = self.first_conv(neighborhood.reshape(b * g, k, 3).transpose(2, 1))  # (BG, local, K)
-        pooled = x.max(dim=2, keepdim=True).values
-        x = torch.cat([pooled.expand(-1, -1, k), x], dim=1)
-        x = self.second_conv(x).max(dim=2).values  # (BG, C)
+        x = _pointwise(self.first_conv, neighborhood.reshape(b * g * k, 3)).reshape(b * g, k, -1)  # (BG, K, local)
+        pooled = x.max(dim=1, keepdim=True).values
+        x = torch.cat([pooled.expand(-1, k, -1), x], dim=2).reshape(b * g * k, -1)
+        x = _pointwise(self.second_conv, x).reshape(b * g, k, -1).max(dim=1).values  # (BG, C)
         return x.reshape(b, g, -1)
+
+
+def _pointwise(layers: nn.Sequential, x: Tensor) -> Tensor:
+    """Run 1x1 ``Conv1d`` / ``BatchNorm1d`` / ``ReLU`` layers on points in rows: (P, C_in) -> (P, C_out)."""
+    for layer in layers:
+        x = F.linear(x, layer.weight[..., 0], layer.bias) if isinstance(layer, nn.Conv1d) else layer(x)
+    return x
 
 
 def classification_head(in_dim: int, num_classes: int) -> nn.Sequential:

@@ -96,12 +96,15 @@ class PointMAE(PointBackbone):
     num_special_tokens = 1
 
     def __init__(self, num_classes: int = 40, *, num_group: int = 64, group_size: int = 32, embed_dim: int = 384,
-                 depth: int = 12, num_heads: int = 6, drop_path_rate: float = 0.1, skip_near_origin: bool = False):
+                 depth: int = 12, num_heads: int = 6, drop_path_rate: float = 0.1, skip_near_origin: bool = False,
+                 encoder_widths: tuple[int, int] = (128, 256)):
+        encoder_widths = tuple(encoder_widths)  # a JSON config gives a list
         super().__init__(dict(num_classes=num_classes, num_group=num_group, group_size=group_size,
                               embed_dim=embed_dim, depth=depth, num_heads=num_heads,
-                              drop_path_rate=drop_path_rate, skip_near_origin=skip_near_origin))
+                              drop_path_rate=drop_path_rate, skip_near_origin=skip_near_origin,
+                              encoder_widths=encoder_widths))
         self.group_divider = PatchGrouper(num_group, group_size, skip_near_origin=skip_near_origin)
-        self.encoder = PatchEncoder(embed_dim)
+        self.encoder = PatchEncoder(embed_dim, widths=encoder_widths)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.cls_pos = nn.Parameter(torch.randn(1, 1, embed_dim))
         self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, embed_dim))
@@ -126,3 +129,17 @@ class PointMAE(PointBackbone):
 
     def pool(self, tokens: Tensor) -> Tensor:
         return torch.cat([tokens[:, 0], tokens[:, 1:].max(dim=1).values], dim=-1)
+
+
+#: ``point_mae_tiny``: Point-MAE narrowed and shortened so that pretraining fits a 2-core CPU (same code path)
+TINY_OPTIONS = dict(embed_dim=192, depth=4, num_heads=3, encoder_widths=(32, 64))
+
+
+class PointMAETiny(PointMAE):
+    """``point_mae_tiny``: :class:`PointMAE` with :data:`TINY_OPTIONS` as defaults (pointgst's own small backbone,
+    pretrained on the ModelNet40 training split as ``point_mae_tiny.modelnet40``)."""
+
+    architecture = "point_mae_tiny"
+
+    def __init__(self, num_classes: int = 40, **options):
+        super().__init__(num_classes, **{**TINY_OPTIONS, **options})

@@ -10,15 +10,16 @@ from pointgst.validation import check_point_cloud
 
 from .grouping import PatchGrouper
 from .layers import PatchEncoder
-from .point_mae import TransformerEncoder
+from .point_mae import TINY_OPTIONS, TransformerEncoder
 
 
 class MaskedEncoder(nn.Module):
     """The official ``MAE_encoder``: patch encoder, positional MLP, blocks and norm over the visible tokens."""
 
-    def __init__(self, embed_dim: int, depth: int, num_heads: int, drop_path_rate: float):
+    def __init__(self, embed_dim: int, depth: int, num_heads: int, drop_path_rate: float,
+                 encoder_widths: tuple[int, int]):
         super().__init__()
-        self.encoder = PatchEncoder(embed_dim)
+        self.encoder = PatchEncoder(embed_dim, widths=encoder_widths)
         self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, embed_dim))
         self.blocks = TransformerEncoder(embed_dim, depth, num_heads, drop_path_rate)
         self.norm = nn.LayerNorm(embed_dim)
@@ -47,6 +48,10 @@ class MaskedDecoder(nn.Module):
         return self.norm(x[:, -num_masked:])
 
 
+#: architecture -> its pretraining model's options (``point_mae_tiny`` also halves the decoder)
+PRETRAIN_ARCHITECTURES: dict[str, dict] = {"point_mae": {}, "point_mae_tiny": {**TINY_OPTIONS, "decoder_depth": 2}}
+
+
 class PointMAEPretrain(nn.Module):
     """Point-MAE pretraining: hide ``mask_ratio`` of the patches at random, encode the visible ones, decode all and
     reconstruct the hidden patches (centre-relative, ``group_size`` points each), Chamfer-L2 loss.
@@ -54,21 +59,29 @@ class PointMAEPretrain(nn.Module):
     ``forward(points (B, N, 3)) -> loss`` (scalar). ``state_dict()`` is in the official pretraining layout.
     """
 
-    architecture = "point_mae"
-
     def __init__(self, *, num_group: int = 64, group_size: int = 32, embed_dim: int = 384, depth: int = 12,
-                 num_heads: int = 6, drop_path_rate: float = 0.1, decoder_depth: int = 4, mask_ratio: float = 0.6):
+                 num_heads: int = 6, drop_path_rate: float = 0.1, decoder_depth: int = 4, mask_ratio: float = 0.6,
+                 encoder_widths: tuple[int, int] = (128, 256), architecture: str = "point_mae"):
         super().__init__()
+        self.architecture = architecture
         if not 0.0 < mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must be in (0, 1), got {mask_ratio}")
         self.mask_ratio = mask_ratio
         self.group_divider = PatchGrouper(num_group, group_size)
-        self.MAE_encoder = MaskedEncoder(embed_dim, depth, num_heads, drop_path_rate)
+        self.MAE_encoder = MaskedEncoder(embed_dim, depth, num_heads, drop_path_rate, tuple(encoder_widths))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.decoder_pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, embed_dim))
         self.MAE_decoder = MaskedDecoder(embed_dim, decoder_depth, num_heads)
         self.increase_dim = nn.Sequential(nn.Conv1d(embed_dim, 3 * group_size, 1))
         nn.init.trunc_normal_(self.mask_token, std=0.02, a=-2.0, b=2.0)
+
+    @classmethod
+    def for_architecture(cls, architecture: str, **options) -> "PointMAEPretrain":
+        """The pretraining model of ``architecture`` (:data:`PRETRAIN_ARCHITECTURES`); ``options`` override."""
+        if architecture not in PRETRAIN_ARCHITECTURES:
+            raise ValueError(f"no pretraining model for {architecture!r}; choose one of "
+                             f"{', '.join(PRETRAIN_ARCHITECTURES)}")
+        return cls(**{**PRETRAIN_ARCHITECTURES[architecture], **options}, architecture=architecture)
 
     def random_mask(self, batch: int, groups: int, generator: torch.Generator | None = None,
                     device: torch.device | None = None) -> Tensor:

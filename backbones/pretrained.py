@@ -45,6 +45,8 @@ class PretrainedCfg:
     manual_url: str | None = None
     num_classes: int | None = None
     notes: str = ""
+    #: weights shipped inside the package: a folder under ``pointgst/weights`` (tried first, works offline)
+    package_folder: str | None = None
 
 
 def _drive(file_id: str) -> str:
@@ -93,7 +95,18 @@ def _registry() -> dict[str, PretrainedCfg]:
             CITATIONS["pointgpt"], manual_url=_drive(drive) if drive else POINTGPT_README,
             notes="PointGST's PointGPT-L results start from this file, not from the UnlabeledHybrid pretrain "
                   "(PointGST issue #17)" if size == "l" else "the post-pretrain link was fixed on 2023-08-30"))
+    cfgs.append(PretrainedCfg(
+        "point_mae_tiny.modelnet40", "point_mae_tiny",
+        "pointgst's small Point-MAE, MAE-pretrained on the ModelNet40 training split (no labels); shipped in the "
+        "package, see its MODEL_CARD.md", "MIT (weights); data: ModelNet, academic research use",
+        "pointgst; pretraining method: " + CITATIONS["point_mae"], package_folder="point_mae_tiny.modelnet40"))
     return {cfg.tag: cfg for cfg in cfgs}
+
+
+def package_weights_folder(name: str) -> Path:
+    """The folder ``pointgst/weights/NAME`` of weights shipped inside the package."""
+    from importlib import resources
+    return Path(str(resources.files("pointgst") / "weights" / name))
 
 
 PRETRAINED_CFGS: dict[str, PretrainedCfg] = _registry()
@@ -124,6 +137,11 @@ def hub_snapshot(repo_id: str) -> Path:
 def resolve_pretrained_file(cfg: PretrainedCfg) -> Path:
     """Return a local file or folder holding ``cfg``'s weights, trying the hub, then the official URL."""
     failures = []
+    if cfg.package_folder:
+        folder = package_weights_folder(cfg.package_folder)
+        if (folder / "model.safetensors").is_file():
+            return folder
+        failures.append(f"the package folder {folder} holds no model.safetensors (a broken install?)")
     if cfg.hf_hub_id:
         try:
             return hub_snapshot(cfg.hf_hub_id)

@@ -49,9 +49,74 @@ def _train(args: argparse.Namespace) -> None:
     out = args.out or f"runs/{recipe.name}"
     summary = train(recipe, out, resume=args.resume, device=args.device, progress=not args.no_progress)
     if summary:
-        width = max(len(k) for k in summary)
-        print("\n".join(f"{k:<{width}}  {v}" for k, v in summary.items()))
+        _print_table(summary)
         print(f"run folder: {out}")
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from pointgst.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    from pointgst.training.pretrain import BACKBONE_FOLDER, PRETRAIN_CHECKPOINT, pretrain
+    out = args.out or f"runs/{recipe.name}"
+    summary = pretrain(recipe, out, resume=args.resume, device=args.device, progress=not args.no_progress)
+    if summary:
+        _print_table(summary)
+        print(f"run folder: {out}\nofficial pretraining checkpoint: {out}/{PRETRAIN_CHECKPOINT}\n"
+              f"backbone weights: create_backbone({recipe.backbone.name!r}, pretrained='{out}/{BACKBONE_FOLDER}')")
+
+
+def _probe(args: argparse.Namespace) -> None:
+    import torch
+
+    from pointgst.backbones.factory import create_backbone, parse_name
+    from pointgst.data import build_dataset
+    from pointgst.probe import linear_probe
+
+    _, cfg = parse_name(args.name)
+    pretrained = cfg is not None and not args.random_weights
+    torch.manual_seed(args.seed)  # the random initialisation, where the weights are not pretrained
+    backbone = create_backbone(args.name, pretrained=pretrained)
+    data = {"dataset": args.dataset, "root": args.data, "format": "npz", "shuffle_points": False}
+    classes = 10 if args.dataset == "modelnet10" else 40
+    result = linear_probe(backbone, build_dataset(data, "train"), build_dataset(data, "test"), classes,
+                          progress=not args.no_progress)
+    weights = "pretrained weights" if pretrained else f"random weights (seed {args.seed})"
+    print(f"{args.name}, {weights}, {args.dataset}: {result}")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    import time
+
+    from pointgst.demo import DEMO_BACKBONE, free_run_folder, run_demo, sample_data_folder
+
+    started = time.time()
+    out = free_run_folder(args.out)
+    print(f"pointgst demo: PCSA on {DEMO_BACKBONE} (shipped weights), ModelNet10 sample shipped in the package "
+          f"({sample_data_folder()}; its README.md gives the source and terms), offline, CPU")
+    runs = [("pretrained", out, False)] + ([] if args.no_compare else [("random weights", out / "random-weights",
+                                                                         True)])
+    results = {}
+    for label, folder, random_weights in runs:
+        if random_weights:
+            print("\nthe same demo on a randomly initialised point_mae_tiny (no pretraining), for comparison:")
+        summary = run_demo(folder, random_weights=random_weights, progress=not args.no_progress,
+                           report=not random_weights)
+        results[label] = summary
+        print(f"{label}: test accuracy {100 * summary['test_acc']:.1f}% (mean class {100 * summary['test_macc']:.1f}%; "
+              f"10 classes, chance 10.0%) after {summary['epochs']} epochs, best epoch {summary['best_epoch'] + 1} "
+              f"selected on held-out training shapes")
+    print(f"\nadapter saved to {out / 'adapter'}  (load: pointgst.load_adapter({str(out / 'adapter')!r}))")
+    print(f"run folder: {out}  (recipe.yaml, metrics.csv, curves.png, summary.json)")
+    if not args.no_compare:
+        gain = 100 * (results["pretrained"]["test_acc"] - results["random weights"]["test_acc"])
+        print(f"pretrained vs random weights: {gain:+.1f} points of test accuracy")
+    print(f"total time {time.time() - started:.0f} s")
+
+
+def _print_table(rows: dict) -> None:
+    width = max(len(k) for k in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows.items()))
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -59,8 +124,7 @@ def _eval(args: argparse.Namespace) -> None:
 
     result = evaluate_run(args.run_dir, vote=args.vote, repeats=args.repeats, best_of=args.best_of,
                           device=args.device)
-    width = max(len(k) for k in result)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in result.items()))
+    _print_table(result)
 
 
 def _recipes(args: argparse.Namespace) -> None:
@@ -99,15 +163,36 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("--placement", choices=["ffn", "ffn+attn"], help="where adapters go")
     params.set_defaults(run=_params)
 
-    train = commands.add_parser("train", help="fine-tune with a recipe (see `pointgst recipes`)")
-    train.add_argument("recipe", help="recipe name or path to a recipe YAML file")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a recipe key, e.g. --set train.epochs=5 (repeatable)")
-    train.add_argument("--out", help="run folder (default: runs/RECIPE)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    train.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    train.add_argument("--no-progress", action="store_true", help="no progress bars")
-    train.set_defaults(run=_train)
+    for name, run, text in [("train", _train, "fine-tune with a recipe (see `pointgst recipes`)"),
+                            ("pretrain", _pretrain, "Point-MAE masked-autoencoder pretraining with a `mae` recipe "
+                                                    "(e.g. pretrain-modelnet40.point_mae_tiny)")]:
+        command = commands.add_parser(name, help=text)
+        command.add_argument("recipe", help="recipe name or path to a recipe YAML file")
+        command.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                             help="override a recipe key, e.g. --set train.epochs=5 (repeatable)")
+        command.add_argument("--out", help="run folder (default: runs/RECIPE)")
+        command.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        command.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+        command.add_argument("--no-progress", action="store_true", help="no progress bars")
+        command.set_defaults(run=run)
+
+    probe = commands.add_parser("probe", help="linear-probe accuracy of a frozen backbone's features (ModelNet pack)")
+    probe.add_argument("name", help="pretrained tag (e.g. point_mae_tiny.modelnet40) or architecture (random weights)")
+    probe.add_argument("--data", required=True, help="folder of a ModelNet .npz pack (train.npz, test.npz, "
+                                                     "shape_names.txt), e.g. ../shared/data/modelnet40_1024")
+    probe.add_argument("--dataset", choices=["modelnet40", "modelnet10"], default="modelnet40")
+    probe.add_argument("--random-weights", action="store_true", help="the same architecture, randomly initialised")
+    probe.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default 0)")
+    probe.add_argument("--no-progress", action="store_true", help="no progress bars")
+    probe.set_defaults(run=_probe)
+
+    demo = commands.add_parser("demo", help="fine-tune the shipped point_mae_tiny.modelnet40 with PCSA on the shipped "
+                                             "ModelNet10 sample (offline, a few minutes on a CPU)")
+    demo.add_argument("--out", default="runs/demo", help="run folder (default: runs/demo, or runs/demo-N if taken)")
+    demo.add_argument("--no-compare", action="store_true",
+                      help="skip the second run: the same demo on a randomly initialised backbone, for comparison")
+    demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    demo.set_defaults(run=_demo)
 
     evaluate = commands.add_parser("eval", help="test accuracy of a run's best epoch (optionally with voting)")
     evaluate.add_argument("run_dir")

@@ -35,6 +35,8 @@ DATASET_FORMATS = {"scanobjectnn": ("h5",), "modelnet40": _MODELNET_FORMATS, "mo
 AUGMENTATIONS = ("scale_translate", "rotate_y", "none")
 SCHEDULES = ("cosine", "official")
 SELECTIONS = ("val", "test")
+#: ``method.name`` of a pretraining recipe (masked autoencoding, ``pointgst pretrain``)
+PRETRAIN_METHOD = "mae"
 
 
 class RecipeError(ValueError):

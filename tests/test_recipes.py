@@ -71,6 +71,8 @@ DROP_PATH = {"point_mae": 0.1, "act": 0.1, "recon": 0.1, "pointgpt_l": None, "po
 
 SETTINGS = sorted(OPTIM)
 SMALL = "modelnet40-small.cpu"
+#: pointgst's own settings on point_mae_tiny (not paper settings): its pretraining, and the methods benchmark
+TINY = {"pretrain-modelnet40.point_mae_tiny", "modelnet40.point_mae_tiny"}
 
 
 def _name(backbone: str, dataset: str) -> str:
@@ -85,8 +87,8 @@ def _yaml_files() -> dict[str, Path]:
 
 
 def test_every_setting_exists():
-    expected = {_name(b, d) for b in PAPER_BACKBONES + POINTGPT_SB for d in DATASETS} | {SMALL}
-    assert len(expected) == 16 + 8 + 1
+    expected = {_name(b, d) for b in PAPER_BACKBONES + POINTGPT_SB for d in DATASETS} | {SMALL} | TINY
+    assert len(expected) == 16 + 8 + 1 + 2
     assert set(list_recipes()) == expected
     assert list_recipes() == sorted(expected)
     assert set(_yaml_files()) == expected  # no stray file in recipes/

@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ import torch
 import pointgst
 from pointgst.recipe import load_recipe
 from pointgst.training.optim import build_scheduler, official_lr, official_parameter_name, parameter_groups
+from .cli_runs import finish, kill_after_first_checkpoint, start_cli
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "modelnet40_1024").is_dir(), reason="shared ModelNet40 pack absent")
@@ -64,21 +63,13 @@ def test_cosine_schedule_with_warmup_per_step():
 
 
 def _train_cli(out: Path, *extra: str, **popen) -> subprocess.Popen:
-    args = [sys.executable, "-m", "pointgst.cli", "train", "modelnet40-small.cpu", "--out", str(out),
-            "--no-progress", "--device", "cpu"] + [a for s in TINY for a in ("--set", s)] + list(extra)
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
-
-
-def _finish(process: subprocess.Popen) -> str:
-    out, err = process.communicate(timeout=900)
-    assert process.returncode == 0, err[-3000:]
-    return out
+    return start_cli("train", "modelnet40-small.cpu", out, TINY, *extra, **popen)
 
 
 @needs_data
 def test_cli_run_writes_everything_and_resume_after_kill_matches(tmp_path):
     straight = _train_cli(tmp_path / "straight")
-    out = _finish(straight)
+    out = finish(straight)
     run = tmp_path / "straight"
     for name in ("recipe.yaml", "metrics.jsonl", "metrics.csv", "checkpoint-last.pt", "best-trainable.pt",
                  "curves.png", "summary.json", "adapter/adapter_model.safetensors"):
@@ -96,16 +87,8 @@ def test_cli_run_writes_everything_and_resume_after_kill_matches(tmp_path):
     assert 0 <= result["vote_acc_mean"] <= 1 and result["vote_acc_std"] >= 0
     assert result["vote_acc_best_of_repeats_official_optimistic"] >= result["vote_acc_mean"]
 
-    killed = _train_cli(tmp_path / "resumed")
-    checkpoint = tmp_path / "resumed" / "checkpoint-last.pt"
-    while not checkpoint.exists():
-        assert killed.poll() is None, killed.communicate()[1][-3000:]
-        time.sleep(0.02)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    assert torch.load(checkpoint, weights_only=True)["epoch"] == 0  # killed after its first checkpoint
-    assert not (tmp_path / "resumed" / "summary.json").exists()
-    _finish(_train_cli(tmp_path / "resumed", "--resume"))
+    checkpoint = kill_after_first_checkpoint(_train_cli(tmp_path / "resumed"), tmp_path / "resumed")
+    finish(_train_cli(tmp_path / "resumed", "--resume"))
     a = torch.load(run / "checkpoint-last.pt", weights_only=True)["trainable"]
     b = torch.load(checkpoint, weights_only=True)["trainable"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -130,7 +113,7 @@ def test_bad_input_fails_before_any_work(tmp_path):
 def test_two_process_torchrun_agrees_with_one_process_at_the_first_step(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     single = _train_cli(tmp_path / "single", "--set", "train.epochs=1", "--set", "train.warmup_epochs=0", env=env)
-    _finish(single)
+    finish(single)
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pointgst.cli",
             "train", "modelnet40-small.cpu", "--out", str(tmp_path / "ddp"), "--no-progress", "--device", "cpu"]
     args += [a for s in TINY + ["train.epochs=1", "train.warmup_epochs=0"] for a in ("--set", s)]

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from pointgst.data import build_dataset, stratified_split, stratified_subset
 from pointgst.data.transforms import augment, fps_then_random_subset
-from pointgst.recipe import Recipe
+from pointgst.recipe import PRETRAIN_METHOD, Recipe, RecipeError
 from pointgst.tuner.model import PointGSTModel, keep_frozen_norms_in_eval
 
 from .distributed import Distributed, setup_distributed, teardown_distributed
@@ -33,7 +33,7 @@ from .optim import build_scheduler, num_epochs, parameter_groups
 from .run_files import (BEST_STATE, CHECKPOINT, CURVES_PNG, RECIPE, SUMMARY, MetricsLog, load_trainable_state,
                         plot_curves, save_atomic, trainable_state, write_text_atomic)
 
-_STREAM = {"shuffle": 1, "subset": 2, "augment": 3, "dropout": 4, "vote": 5}
+_STREAM = {"shuffle": 1, "subset": 2, "augment": 3, "dropout": 4, "vote": 5, "mask": 6}
 
 
 def derived_seed(seed: int, stream: str, *parts: int) -> int:
@@ -76,6 +76,9 @@ def preflight(recipe: Recipe) -> None:
     from pointgst.backbones.factory import parse_name
     from pointgst.wrapping import check_method_options
 
+    if recipe.method.name == PRETRAIN_METHOD:
+        raise RecipeError(f"method {PRETRAIN_METHOD!r} is masked-autoencoder pretraining: run this recipe with "
+                          "`pointgst pretrain`, not `pointgst train`")
     parse_name(recipe.backbone.name)
     check_method_options(recipe.method.name, recipe.method.options)
     root = Path(recipe.data.root)
@@ -169,14 +172,14 @@ class Trainer:
 
     def __init__(self, recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: str | None = None,
                  progress: bool = True):
-        preflight(recipe)
+        self._preflight(recipe)
         self.recipe, self.run_dir, self.progress = recipe, Path(run_dir), progress
         self.dist = setup_distributed(device)
         if self.dist.is_main:
             self._prepare_run_dir(resume)
         self.dist.barrier()
-        self.splits = build_splits(recipe)
-        self.model = build_model(recipe).to(self.dist.device)
+        self.splits = self._build_splits()
+        self.model = self._build_model().to(self.dist.device)
         self.loaders = {name: make_loader(ds, recipe, self.dist, train=(name == "train"))
                         for name, ds in self.splits.items()}
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, recipe.train.weight_decay), lr=recipe.train.lr,
@@ -194,6 +197,15 @@ class Trainer:
                 self.model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None)
 
     # -- setup ------------------------------------------------------------------------------------------------
+    def _preflight(self, recipe: Recipe) -> None:
+        preflight(recipe)
+
+    def _build_splits(self) -> dict[str, Dataset]:
+        return build_splits(self.recipe)
+
+    def _build_model(self) -> nn.Module:
+        return build_model(self.recipe)
+
     def _prepare_run_dir(self, resume: bool) -> None:
         import yaml
         if resume:
@@ -266,19 +278,23 @@ class Trainer:
             progress = (epoch * len(loader) + step) / (self.epochs * len(loader))
             for module in auxiliary:  # e.g. DeepLA's hybrid deep supervision (training only)
                 loss = loss + module.auxiliary_loss(labels, progress)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.recipe.train.grad_clip:
-                nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                         self.recipe.train.grad_clip)
-            self.optimizer.step()
-            if self.schedule_per == "step":
-                self.scheduler.step()
+            self._optimizer_step(loss)
             totals += torch.tensor([loss.item() * len(labels), (logits.argmax(1) == labels).sum().item(),
                                     len(labels)], dtype=torch.float64)
             bar.set_postfix(loss=f"{loss.item():.3f}", samples_per_s=f"{totals[2] / (time.time() - start):.1f}")
         self.dist.all_reduce_sum(totals)
         return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item(), time.time() - start
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        """Backward, gradient clipping (``train.grad_clip``), optimiser step and, per step, the schedule."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.recipe.train.grad_clip:
+            nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                     self.recipe.train.grad_clip)
+        self.optimizer.step()
+        if self.schedule_per == "step":
+            self.scheduler.step()
 
     def _set_train_mode(self) -> None:
         self.train_model.train()

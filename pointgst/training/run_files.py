@@ -65,21 +65,26 @@ class MetricsLog:
         write_atomic(self.run_dir / METRICS_CSV, write_csv)
 
 
-def plot_curves(rows: list[dict], path: Path) -> None:
-    """Loss and accuracy per epoch as a PNG."""
+def plot_curves(rows: list[dict], path: Path, *, loss_name: str = "cross-entropy") -> None:
+    """Loss (and, where the rows have it, accuracy) per epoch as a PNG."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     epochs = [r["epoch"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    with_accuracy = all("train_acc" in r for r in rows)
+    fig, axes = plt.subplots(1, 2 if with_accuracy else 1, figsize=(10 if with_accuracy else 5, 4), squeeze=False)
+    left = axes[0, 0]
     left.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train loss")
     if all("select_loss" in r for r in rows):
         left.plot(epochs, [r["select_loss"] for r in rows], marker="o", label=f"{rows[0]['select_split']} loss")
-    left.set_xlabel("epoch"), left.set_ylabel("cross-entropy"), left.legend()
-    right.plot(epochs, [100 * r["train_acc"] for r in rows], marker="o", label="train accuracy")
-    right.plot(epochs, [100 * r["select_acc"] for r in rows], marker="o", label=f"{rows[0]['select_split']} accuracy")
-    right.set_xlabel("epoch"), right.set_ylabel("%"), right.legend()
+    left.set_xlabel("epoch"), left.set_ylabel(loss_name), left.legend()
+    if with_accuracy:
+        right = axes[0, 1]
+        right.plot(epochs, [100 * r["train_acc"] for r in rows], marker="o", label="train accuracy")
+        right.plot(epochs, [100 * r["select_acc"] for r in rows], marker="o",
+                   label=f"{rows[0]['select_split']} accuracy")
+        right.set_xlabel("epoch"), right.set_ylabel("%"), right.legend()
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)

@@ -1,0 +1,150 @@
+"""Every tuning method on the complete ModelNet40 split, from pointgst's own ``point_mae_tiny.modelnet40`` backbone,
+with the same recipe, seed and budget: writes ``benchmarks/RESULTS.md``.
+
+Methods: ``linear`` (head only), ``pcsa``, ``pcsa`` with the ``official`` preset, ``dcnv4``, ``deepla_head``,
+``lora``, ``full``, and ``pcsa`` on a randomly initialised backbone of the same architecture (what pretraining
+brings). Each is one ``pointgst train modelnet40.point_mae_tiny --set method.name=...`` run in its own process (so
+its peak memory is its own), into ``--out/<label>``. A run whose folder already holds a ``summary.json`` is not
+repeated, so an interrupted benchmark continues where it stopped (``--fresh`` starts over in a new folder).
+
+Reported per method: test accuracy and mean class accuracy of the **last** epoch (no model selection, so the
+numbers are fair to compare and not tuned on the test split), trainable parameters, mean seconds per training epoch,
+peak resident memory of the run's process, and the exact command. Timings depend on the machine and on what else runs
+on it; they are printed, never asserted.
+
+Usage (from the project root)::
+
+    python benchmarks/modelnet40_methods.py                    # recipe budget (3 epochs), writes benchmarks/RESULTS.md
+    python benchmarks/modelnet40_methods.py --epochs 1 --methods linear,pcsa --results /tmp/r.md
+"""
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = "modelnet40.point_mae_tiny"
+
+
+@dataclass(frozen=True)
+class Entry:
+    label: str
+    overrides: tuple[str, ...]
+    note: str
+
+
+ENTRIES = [
+    Entry("linear", ("method.name=linear", "method.options={}"), "head only, frozen backbone"),
+    Entry("pcsa", ("method.name=pcsa",), "PointGST (rank 36, local 32), pointgst defaults"),
+    Entry("pcsa-official", ("method.name=pcsa", "method.options.preset=official"),
+          "PointGST with the official code's behaviour (GFT direction, batch d_min, BN statistics)"),
+    Entry("dcnv4", ("method.name=dcnv4", "method.options={}"), "DCNv4-style deformable point layers"),
+    Entry("deepla_head", ("method.name=deepla_head", "method.options={}"), "DeepLA-Net head on the frozen tokens"),
+    Entry("lora", ("method.name=lora", "method.options={}"), "LoRA on the blocks' linear layers (peft)"),
+    Entry("full", ("method.name=full", "method.options={}"), "every weight trained"),
+    Entry("pcsa-random-weights", ("method.name=pcsa", "backbone.pretrained=false"),
+          "PointGST on a randomly initialised point_mae_tiny (no pretraining)"),
+]
+
+
+def command_for(entry: Entry, out: Path, epochs: int | None) -> list[str]:
+    sets = list(entry.overrides) + ([f"train.epochs={epochs}"] if epochs else [])
+    return ["pointgst", "train", RECIPE, "--out", str(out), "--no-progress",
+            *[arg for s in sets for arg in ("--set", s)]]
+
+
+def run_entry(entry: Entry, out: Path, epochs: int | None) -> dict:
+    """Train one method (unless its run folder already finished) and read its results."""
+    command = command_for(entry, out, epochs)
+    if not (out / "summary.json").is_file():
+        if out.exists():  # an interrupted run: continue it
+            command.append("--resume")
+        print(f"[{time.strftime('%H:%M:%S')}] {entry.label}: {shlex.join(command)}", flush=True)
+        subprocess.run(command, check=True, cwd=ROOT)
+    summary = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    result = {"label": entry.label, "note": entry.note, "command": shlex.join(command_for(entry, out, epochs)),
+              "acc": summary["test_acc_last_epoch"], "macc": summary["test_macc_last_epoch"],
+              "trainable": summary["trainable_parameters"], "backbone": summary["backbone_parameters"],
+              "epoch_seconds": sum(r["epoch_seconds"] for r in rows) / len(rows), "epochs": len(rows),
+              "peak_memory_mb": summary["peak_memory_mb"]}
+    print(f"    test acc {100 * result['acc']:.2f}%  mean class {100 * result['macc']:.2f}%  "
+          f"trainable {result['trainable']:,}  {result['epoch_seconds']:.0f} s/epoch", flush=True)
+    return result
+
+
+def markdown(results: list[dict], invocation: str, seconds: float) -> str:
+    by_label = {r["label"]: r for r in results}
+    lines = [
+        "# ModelNet40: every tuning method on `point_mae_tiny.modelnet40`",
+        "",
+        f"Made by `{invocation}` (benchmarks/modelnet40_methods.py) in {seconds / 60:.0f} min on "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{'CUDA' if torch.cuda.is_available() else 'no GPU'}.",
+        "",
+        f"Setting: recipe `{RECIPE}`: the complete ModelNet40 split of the local 1024-point pack (9,843 training / "
+        "2,468 test shapes), 1,024 points, 64 patches of 32, scale-and-translate augmentation, AdamW lr 5e-4, weight "
+        f"decay 0.05, batch 32, cosine schedule, seed 0, {results[0]['epochs']} epochs for every method. Accuracy is "
+        "the **last epoch's** test accuracy (single pass, no voting, no model selection).",
+        "",
+        "| method | test acc. | mean class acc. | trainable params | trainable % | s / epoch | peak memory |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(f"| {r['label']} | {100 * r['acc']:.2f}% | {100 * r['macc']:.2f}% | {r['trainable']:,} | "
+                     f"{100 * r['trainable'] / r['backbone']:.2f}% | {r['epoch_seconds']:.0f} | "
+                     f"{r['peak_memory_mb'] / 1024:.2f} GiB |")
+    lines += ["", "What each row is:", ""]
+    lines += [f"- `{r['label']}`: {r['note']}." for r in results]
+    if "pcsa" in by_label and "linear" in by_label:
+        gap = 100 * (by_label["pcsa"]["acc"] - by_label["linear"]["acc"])
+        lines += ["", f"PCSA vs the linear probe (head only): {gap:+.2f} points."]
+    if "pcsa" in by_label and "pcsa-random-weights" in by_label:
+        gap = 100 * (by_label["pcsa"]["acc"] - by_label["pcsa-random-weights"]["acc"])
+        lines += [f"PCSA on the pretrained vs the random-weight backbone: {gap:+.2f} points."]
+    lines += ["", "Peak memory is the peak resident set size of the run's process (CPU) or the peak CUDA allocation.",
+              "", "Commands (one per row, from the project root):", "", "```"]
+    lines += [r["command"] for r in results]
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/modelnet40_methods", help="folder of the runs (one per method)")
+    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="Markdown file to write")
+    parser.add_argument("--epochs", type=int, help="override the recipe's epochs (same for every method)")
+    parser.add_argument("--methods", help="comma-separated labels (default: all): " +
+                        ", ".join(e.label for e in ENTRIES))
+    parser.add_argument("--fresh", action="store_true", help="new run folders (a suffix), do not reuse finished ones")
+    args = parser.parse_args()
+    entries = ENTRIES
+    if args.methods:
+        known = {e.label: e for e in ENTRIES}
+        unknown = [m for m in args.methods.split(",") if m not in known]
+        if unknown:
+            sys.exit(f"unknown method labels {unknown}; known: {', '.join(known)}")
+        entries = [known[m] for m in args.methods.split(",")]
+    out = Path(args.out)
+    if args.fresh:
+        out = out.with_name(f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    started = time.time()
+    results = [run_entry(entry, out / entry.label, args.epochs) for entry in entries]
+    invocation = shlex.join(["python", "benchmarks/modelnet40_methods.py", *sys.argv[1:]])
+    from pointgst.atomic import write_atomic
+    text = markdown(results, invocation, time.time() - started)
+    write_atomic(Path(args.results), lambda tmp: tmp.write_text(text))
+    print(f"wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()

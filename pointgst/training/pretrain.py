@@ -1,0 +1,168 @@
+"""Point-MAE masked-autoencoder pretraining on the fine-tuning engine: ``pointgst pretrain RECIPE``.
+
+A pretraining recipe is an ordinary recipe whose ``method.name`` is ``mae`` (options: ``mask_ratio``, default 0.6,
+``decoder_depth``, default 4) and whose ``backbone.name`` is a Point-MAE architecture (``point_mae``,
+``point_mae_tiny``). Labels are never read. The run folder holds what a fine-tuning run's does (``checkpoint-last.pt``
+for ``--resume``, metrics, ``curves.png``, ``summary.json``), and at the end:
+
+- ``pretrain.pth``: the official pretraining checkpoint layout (``{"base_model": state_dict, "epoch": ...}`` with the
+  ``MAE_encoder.`` / ``MAE_decoder.`` keys), which :func:`pointgst.create_backbone` loads like the authors' file;
+- ``backbone/``: the encoder as a safetensors weights folder (``create_backbone(ARCH, pretrained=RUN/backbone)``).
+
+The validation split (``data.val_fraction`` of the training split) is scored with the reconstruction loss under
+fixed masks, so its curve is comparable across epochs.
+"""
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from pointgst.recipe import PRETRAIN_METHOD, Recipe, RecipeError
+
+from .distributed import teardown_distributed
+from .engine import Trainer, _base_dataset, _peak_memory_mb, build_splits, derived_seed
+from .run_files import CURVES_PNG, SUMMARY, plot_curves, save_atomic, write_text_atomic
+
+PRETRAIN_CHECKPOINT, BACKBONE_FOLDER = "pretrain.pth", "backbone"
+MAE_OPTIONS = {"mask_ratio": float, "decoder_depth": int}
+
+
+def check_pretrain_recipe(recipe: Recipe) -> None:
+    """A pretraining recipe names ``method.name: mae``, a Point-MAE architecture and only known options."""
+    from pointgst.backbones.point_mae_pretrain import PRETRAIN_ARCHITECTURES
+
+    if recipe.method.name != PRETRAIN_METHOD:
+        raise RecipeError(f"a pretraining recipe has method.name {PRETRAIN_METHOD!r} (masked autoencoding), got "
+                          f"{recipe.method.name!r}; fine-tune with `pointgst train` instead")
+    if recipe.backbone.name not in PRETRAIN_ARCHITECTURES:
+        raise RecipeError(f"backbone.name must be one of {', '.join(PRETRAIN_ARCHITECTURES)} for pretraining "
+                          f"(an architecture, not a tag), got {recipe.backbone.name!r}")
+    for key, value in recipe.method.options.items():
+        if key not in MAE_OPTIONS:
+            raise RecipeError(f"unknown method.options key {key!r} for mae; valid: {', '.join(MAE_OPTIONS)}")
+        if not isinstance(value, MAE_OPTIONS[key]) or isinstance(value, bool):
+            raise RecipeError(f"method.options.{key} must be {MAE_OPTIONS[key].__name__}, got {value!r}")
+    if recipe.train.selection != "val" or recipe.data.val_fraction == 0.0:
+        raise RecipeError("pretraining never looks at the test split: set train.selection=val and a "
+                          "data.val_fraction > 0 (the held-out shapes score the reconstruction loss)")
+    if not Path(recipe.data.root).exists():
+        raise FileNotFoundError(f"data.root {recipe.data.root!r} does not exist (from {Path.cwd()}); point it at "
+                                f"the {recipe.data.dataset} data with --set data.root=PATH")
+
+
+def build_pretrain_model(recipe: Recipe) -> nn.Module:
+    """The :class:`PointMAEPretrain` model a recipe describes, from scratch (official init), seeded by
+    ``train.seed``."""
+    from pointgst.backbones.point_mae_pretrain import PointMAEPretrain
+
+    torch.manual_seed(recipe.train.seed)
+    options = dict(recipe.method.options, num_group=recipe.backbone.num_group,
+                   group_size=recipe.backbone.group_size)
+    if recipe.backbone.drop_path_rate is not None:
+        options["drop_path_rate"] = recipe.backbone.drop_path_rate
+    return PointMAEPretrain.for_architecture(recipe.backbone.name, **options)
+
+
+class Pretrainer(Trainer):
+    """Pretrains a ``mae`` recipe in a run folder (``resume`` continues from ``checkpoint-last.pt``)."""
+
+    def _preflight(self, recipe: Recipe) -> None:
+        check_pretrain_recipe(recipe)
+
+    def _build_splits(self) -> dict[str, Dataset]:
+        splits = build_splits(self.recipe)
+        del splits["test"]  # pretraining never sees the test split
+        return splits
+
+    def _build_model(self) -> nn.Module:
+        return build_pretrain_model(self.recipe)
+
+    def fit(self) -> dict[str, Any]:
+        started = time.time()
+        for epoch in range(self.start_epoch, self.epochs):
+            self.loaders["train"].sampler.set_epoch(epoch)
+            _base_dataset(self.splits["train"]).set_epoch(epoch)
+            train_loss, seconds = self._pretrain_epoch(epoch)
+            val_loss = self._validation_loss()
+            row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                   "select_split": "val", "select_loss": val_loss, "epoch_seconds": seconds}
+            if self.schedule_per == "epoch":
+                self.scheduler.step()
+            if self.best is None or val_loss < self.best["loss"]:
+                self.best = {"epoch": epoch, "loss": val_loss}
+            if self.dist.is_main:
+                self.log.append(row)
+                self._checkpoint(epoch)
+                plot_curves(self.log.rows, self.run_dir / CURVES_PNG, loss_name="Chamfer-L2 loss")
+            self.dist.barrier()
+        summary = self._write_outputs(time.time() - started)
+        teardown_distributed()
+        return summary
+
+    def _pretrain_epoch(self, epoch: int) -> tuple[float, float]:
+        from tqdm import tqdm
+
+        self.train_model.train()
+        torch.manual_seed(derived_seed(self.recipe.train.seed, "dropout", epoch, self.dist.rank))
+        loader = self.loaders["train"]
+        totals = torch.zeros(2, dtype=torch.float64)  # loss sum, count
+        start = time.time()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                   disable=not (self.progress and self.dist.is_main), leave=False)
+        for step, (index, points, _) in enumerate(bar):
+            points = self._augment(points.to(self.dist.device), index, epoch, step)
+            masks = torch.Generator().manual_seed(derived_seed(self.recipe.train.seed, "mask", epoch, step,
+                                                               self.dist.rank))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.dist.device.type == "cuda"):
+                loss = self.train_model(points, generator=masks)
+            self._optimizer_step(loss)
+            totals += torch.tensor([loss.item() * len(points), len(points)], dtype=torch.float64)
+            bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{totals[1] / (time.time() - start):.1f}")
+        self.dist.all_reduce_sum(totals)
+        return (totals[0] / totals[1]).item(), time.time() - start
+
+    @torch.no_grad()
+    def _validation_loss(self) -> float:
+        """Mean reconstruction loss on the validation split; batch ``b`` always hides the same patches."""
+        self.model.eval()
+        totals = torch.zeros(2, dtype=torch.float64)
+        for batch, (_, points, _) in enumerate(self.loaders["select"]):
+            masks = torch.Generator().manual_seed(derived_seed(self.recipe.train.seed, "mask", 0, batch,
+                                                               self.dist.rank) + 1)
+            loss = self.model(points.to(self.dist.device), generator=masks)
+            totals += torch.tensor([loss.item() * len(points), len(points)], dtype=torch.float64)
+        self.dist.all_reduce_sum(totals)
+        return (totals[0] / totals[1]).item()
+
+    def _write_outputs(self, seconds: float) -> dict[str, Any]:
+        """``pretrain.pth`` (official layout), ``backbone/`` (safetensors) and ``summary.json`` of the last epoch."""
+        from pointgst.converting import convert_checkpoint
+
+        rows = self.log.rows
+        summary = {"recipe": self.recipe.name, "architecture": self.recipe.backbone.name,
+                   "epochs": len(rows), "final_train_loss": rows[-1]["train_loss"],
+                   "final_val_loss": rows[-1]["select_loss"], "best_val_epoch": self.best["epoch"],
+                   "best_val_loss": self.best["loss"],
+                   "parameters": sum(p.numel() for p in self.model.parameters()),
+                   "train_seconds": round(seconds, 1), "epoch_seconds_total": round(sum(r["epoch_seconds"]
+                                                                                        for r in rows), 1),
+                   "peak_memory_mb": round(_peak_memory_mb(self.dist.device), 1)}
+        if self.dist.is_main:
+            checkpoint = self.run_dir / PRETRAIN_CHECKPOINT
+            save_atomic({"base_model": self.model.state_dict(), "epoch": rows[-1]["epoch"],
+                         "metrics": {"train_loss": rows[-1]["train_loss"], "val_loss": rows[-1]["select_loss"]}},
+                        checkpoint)
+            convert_checkpoint(checkpoint, self.run_dir / BACKBONE_FOLDER, architecture=self.recipe.backbone.name,
+                               overwrite=True)
+            write_text_atomic(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def pretrain(recipe: Recipe, run_dir: str | Path, **options: Any) -> dict[str, Any]:
+    """Pretrain ``recipe`` (``method.name: mae``) into ``run_dir``; returns the summary."""
+    return Pretrainer(recipe, run_dir, **options).fit()
