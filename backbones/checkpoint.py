@@ -142,12 +142,12 @@ def detect_architecture(state: Mapping[str, Tensor]) -> str:
     """The architecture name of an (unwrapped, official-layout) state dict, from its block keys and width."""
     width = _block_width(state)
     if any(k.startswith("blocks.blocks.") for k in state):
-        return "point_mae"
+        return "point_mae_tiny" if width == 192 else "point_mae"
     gpt_sizes = {384: "pointgpt_s", 768: "pointgpt_b", 1024: "pointgpt_l"}
     if any(k.startswith("blocks.layers.") for k in state) and width in gpt_sizes:
         return gpt_sizes[width]
     raise CheckpointError(f"cannot tell the architecture of this checkpoint ({describe_state_dict(state)}); "
-                          "pass it explicitly (--arch point_mae|pointgpt_s|pointgpt_b|pointgpt_l)")
+                          "pass it explicitly (--arch point_mae|point_mae_tiny|pointgpt_s|pointgpt_b|pointgpt_l)")
 
 
 def head_classes(state: Mapping[str, Tensor]) -> int | None:

@@ -58,8 +58,8 @@ class PatchEncoder(nn.Module):
 
     ``large=False`` is Point-MAE's / PointGPT-S's encoder (3-w0-w1 | 2w1-2w1-C with ``widths=(w0, w1) = (128, 256)``;
     ``point_mae_tiny`` narrows it); ``large=True`` is PointGPT-B/L's (3-256-512-1024 | 2048-2048-C). Module indices
-    match the official state-dict keys. The 1x1 convolutions run as matrix products over all points (the same weights
-    and the same result as ``Conv1d``, and faster on CPU). Input (B, G, K, 3) -> tokens (B, G, C).
+    match the official state-dict keys. The 1x1 convolutions run as matrix products over all points (the same weights;
+    equal to ``Conv1d`` up to rounding, and faster on CPU). Input (B, G, K, 3) -> tokens (B, G, C).
     """
 
     def __init__(self, embed_dim: int, *, large: bool = False, widths: tuple[int, int] = (128, 256)):
@@ -89,9 +89,12 @@ class PatchEncoder(nn.Module):
 
 
 def _pointwise(layers: nn.Sequential, x: Tensor) -> Tensor:
-    """Run 1x1 ``Conv1d`` / ``BatchNorm1d`` / ``ReLU`` layers on points in rows: (P, C_in) -> (P, C_out)."""
+    """Run 1x1 ``Conv1d`` / ``BatchNorm1d`` / ``ReLU`` layers on points in rows: (P, C_in) -> (P, C_out).
+
+    BatchNorm1d over (P, C) rows reduces over the same values per channel as over (BG, C, K); results equal the
+    ``Conv1d`` forward up to floating-point rounding. Other layers (a tuner's BatchNorm wrapper) get the (P, C) rows."""
     for layer in layers:
-        x = F.linear(x, layer.weight[..., 0], layer.bias) if isinstance(layer, nn.Conv1d) else layer(x)
+        x = F.linear(x, layer.weight[..., 0], layer.bias) if type(layer) is nn.Conv1d else layer(x)
     return x
 
 

@@ -135,13 +135,15 @@ def hub_snapshot(repo_id: str) -> Path:
 
 
 def resolve_pretrained_file(cfg: PretrainedCfg) -> Path:
-    """Return a local file or folder holding ``cfg``'s weights, trying the hub, then the official URL."""
+    """Return a local file or folder holding ``cfg``'s weights: the package's own folder (weights shipped with
+    pointgst), else the hub, then the official URL."""
     failures = []
     if cfg.package_folder:
         folder = package_weights_folder(cfg.package_folder)
         if (folder / "model.safetensors").is_file():
             return folder
-        failures.append(f"the package folder {folder} holds no model.safetensors (a broken install?)")
+        raise WeightsNotAvailableError(f"{folder} holds no model.safetensors, though pointgst ships {cfg.tag!r} "
+                                       "there: the installation is incomplete; reinstall pointgst")
     if cfg.hf_hub_id:
         try:
             return hub_snapshot(cfg.hf_hub_id)

@@ -23,6 +23,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "modelnet40.point_mae_tiny"
@@ -65,9 +67,15 @@ def command_for(entry: Entry, out: Path, epochs: int | None) -> list[str]:
 def run_entry(entry: Entry, out: Path, epochs: int | None) -> dict:
     """Train one method (unless its run folder already finished) and read its results."""
     command = command_for(entry, out, epochs)
-    if not (out / "summary.json").is_file():
-        if out.exists():  # an interrupted run: continue it
+    if (out / "summary.json").is_file():
+        recorded = yaml.safe_load((out / "recipe.yaml").read_text())["train"]["epochs"]
+        if epochs and recorded != epochs:
+            sys.exit(f"{out} finished with {recorded} epochs, not {epochs}; pass --fresh (or another --out)")
+    else:
+        if (out / "checkpoint-last.pt").is_file():  # an interrupted run: continue it
             command.append("--resume")
+        elif out.exists():  # stopped before its first epoch ended: nothing to keep
+            shutil.rmtree(out)
         print(f"[{time.strftime('%H:%M:%S')}] {entry.label}: {shlex.join(command)}", flush=True)
         subprocess.run(command, check=True, cwd=ROOT)
     summary = json.loads((out / "summary.json").read_text())
@@ -134,7 +142,7 @@ def main() -> None:
         if unknown:
             sys.exit(f"unknown method labels {unknown}; known: {', '.join(known)}")
         entries = [known[m] for m in args.methods.split(",")]
-    out = Path(args.out)
+    out = ROOT / args.out  # the runs start in ROOT (an absolute --out stays as it is)
     if args.fresh:
         out = out.with_name(f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     started = time.time()

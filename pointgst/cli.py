@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "fine-tuned checkpoints: backbone folder + peft adapter)")
     convert.add_argument("file", help="official checkpoint (.pth) or torch-pointcloud model.safetensors")
     convert.add_argument("out_dir", help="folder to write model.safetensors and config.json into")
-    convert.add_argument("--arch", choices=["point_mae", "pointgpt_s", "pointgpt_b", "pointgpt_l"],
+    convert.add_argument("--arch", choices=["point_mae", "point_mae_tiny", "pointgpt_s", "pointgpt_b", "pointgpt_l"],
                          help="architecture (detected from the keys when omitted)")
     convert.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
     convert.set_defaults(run=_convert)

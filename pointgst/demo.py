@@ -21,8 +21,8 @@ def sample_data_folder() -> Path:
 
 
 def demo_recipe(*, random_weights: bool = False, epochs: int = 12, seed: int = 0) -> Recipe:
-    """PCSA (rank 36, local graphs of 32 patches) on ``point_mae_tiny`` for the 10-class sample: 252 training shapes,
-    28 held out to select the best epoch, 100 test shapes."""
+    """PCSA (rank 36, local graphs of 32 patches) on ``point_mae_tiny`` for the 10-class sample: 250 training shapes,
+    30 held out (3 a class) to select the best epoch, 100 test shapes."""
     return Recipe.from_dict({
         "description": "pointgst demo: PCSA on point_mae_tiny" + (" (random weights)" if random_weights else
                                                                   ".modelnet40") + ", ModelNet10 sample",

@@ -11,10 +11,12 @@ the two linear probes (these weights, and the same architecture with random weig
 
 import argparse
 import json
+import os
 import shutil
 from pathlib import Path
 
 import torch
+import yaml
 
 from pointgst.atomic import write_atomic
 from pointgst.backbones.convert import sha256_of
@@ -26,12 +28,14 @@ TAG = "point_mae_tiny.modelnet40"
 TARGET = Path(__file__).resolve().parents[1] / "pointgst" / "weights" / TAG
 
 
-def probe(name: str, pretrained: bool, data_root: str) -> tuple[object, str]:
+def probe(pretrained: bool, data_root: str) -> tuple[object, str]:
+    """The linear probe of the published weights (read from TARGET) or of random weights (seed 0), and the
+    ``pointgst probe`` command that reproduces it."""
     torch.manual_seed(0)
-    backbone = create_backbone(name, pretrained=pretrained)
+    backbone = create_backbone("point_mae_tiny", pretrained=TARGET if pretrained else False)
     data = {"dataset": "modelnet40", "root": data_root, "format": "npz", "shuffle_points": False}
     result = linear_probe(backbone, build_dataset(data, "train"), build_dataset(data, "test"), 40, progress=True)
-    command = f"pointgst probe {name} --data {data_root}" + ("" if pretrained else " --random-weights")
+    command = f"pointgst probe {TAG if pretrained else 'point_mae_tiny --random-weights'} --data {data_root}"
     print(f"{command}: {result}")
     return result, command
 
@@ -41,13 +45,13 @@ def encoder_parameters() -> int:
     return sum(p.numel() for name, p in backbone.named_parameters() if not name.startswith(backbone.head_modules))
 
 
-def card(run: Path, summary: dict, rows: list[dict], probes: list, weights_sha: str,
-         wall_seconds: float | None) -> str:
+def card(run: Path, summary: dict, rows: list[dict], recipe: dict, probes: list, weights_sha: str,
+         data_root: str) -> str:
     pretrained, random = probes
+    train, data, options = recipe["train"], recipe["data"], recipe["method"]["options"]
     table = ["| epoch | lr | train loss | validation loss | seconds |", "|---:|---:|---:|---:|---:|"]
     table += [f"| {r['epoch'] + 1} | {r['lr']:.2e} | {r['train_loss']:.5f} | {r['select_loss']:.5f} | "
               f"{r['epoch_seconds']:.0f} |" for r in rows]
-    wall = f"{wall_seconds / 60:.1f} min for the whole command" if wall_seconds else ""
     return "\n".join([
         f"# Model card: `{TAG}`",
         "",
@@ -71,23 +75,27 @@ def card(run: Path, summary: dict, rows: list[dict], probes: list, weights_sha: 
         "",
         "## Data",
         "",
-        "The 9,843 shapes of the official ModelNet40 training split, 1,024 points each (the local pack "
-        "`shared/data/modelnet40_1024`, source and terms in `pointgst/sample_data/README.md`); 2% (197 shapes) held "
-        "out to score the reconstruction loss, the rest pretrains. No labels and no test shapes are used.",
+        f"The official {data['dataset']} training split, {data['npoints']:,} points per shape (the local pack "
+        f"`{data['root']}`, source and terms in `pointgst/sample_data/README.md`); a fraction {data['val_fraction']} of "
+        "it held out (stratified, seeded) to score the reconstruction loss, the rest pretrains. No labels and no test "
+        "shapes are used.",
         "",
         "## Command",
         "",
         "```",
         f"pointgst pretrain pretrain-modelnet40.point_mae_tiny --out {run}",
-        f"python scripts/publish_point_mae_tiny.py {run} --data ../shared/data/modelnet40_1024",
+        f"python scripts/publish_point_mae_tiny.py {run} --data {data_root}",
         "```",
         "",
-        f"Recipe (`recipes/pretrain-modelnet40.point_mae_tiny.yaml`): masks 60% of the patches, Chamfer-L2 "
-        f"reconstruction, AdamW lr 1e-3, weight decay 0.05, batch 64, {len(rows)} epochs (1 warm-up), cosine schedule, "
-        "scale-and-translate augmentation, seed 0.",
+        f"Recipe (`recipes/{summary['recipe']}.yaml`, copied into the run folder): masks "
+        f"{100 * options.get('mask_ratio', 0.6):.0f}% of the patches, decoder depth {options.get('decoder_depth', 4)}, "
+        f"Chamfer-L2 reconstruction, AdamW lr {train['lr']:g}, weight decay {train['weight_decay']:g}, batch "
+        f"{train['batch_size']}, {train['epochs']} epochs ({train['warmup_epochs']} warm-up), {train['schedule']} "
+        f"schedule, {data['augmentation']} augmentation, seed {train['seed']}.",
         "",
-        f"Wall time: {summary['train_seconds'] / 60:.1f} min of training ({wall}) on a 2-core CPU "
-        f"(torch {torch.__version__}), peak memory {summary['peak_memory_mb'] / 1024:.2f} GiB.",
+        f"Wall time: {summary['epoch_seconds_total'] / 60:.1f} min of training epochs on a {os.cpu_count()}-core CPU "
+        f"(torch {torch.__version__}, {torch.get_num_threads()} threads), peak memory "
+        f"{summary['peak_memory_mb'] / 1024:.2f} GiB.",
         "",
         "## Loss curve",
         "",
@@ -100,7 +108,8 @@ def card(run: Path, summary: dict, rows: list[dict], probes: list, weights_sha: 
         "",
         "Frozen features (the pooled `[cls, max]` tokens the head reads, eval mode, stored point order) of the complete "
         "ModelNet40 split; an L2-regularised logistic regression (weight decay 1e-3, full-batch L-BFGS, standardised "
-        "features) fitted on the 9,843 training shapes and scored on the 2,468 test shapes.",
+        f"features) fitted on the {pretrained[0].train_count:,} training shapes and scored on the "
+        f"{pretrained[0].test_count:,} test shapes.",
         "",
         "| weights | test accuracy | mean class accuracy | command |",
         "|---|---:|---:|---|",
@@ -110,8 +119,9 @@ def card(run: Path, summary: dict, rows: list[dict], probes: list, weights_sha: 
         "",
         "## Licence and limits",
         "",
-        "The weights are pointgst's (MIT). They were learned from ModelNet, whose models keep their authors' copyright "
-        "and which is offered for academic research use: the same terms apply to what you do with these weights. The "
+        "pointgst's MIT licence covers the code that made these weights. The weights were learned from ModelNet, "
+        "whose models keep their authors' copyright and which is offered for academic research use only; use the "
+        "weights under the same terms. The "
         "backbone saw the ModelNet40 training shapes during pretraining, so it is not a fair starting point for "
         "claims of transfer to ModelNet40; use it to try pointgst, not to compare with published numbers.",
         "",
@@ -122,17 +132,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the pointgst pretrain run folder")
     parser.add_argument("--data", required=True, help="the ModelNet40 .npz pack folder")
-    parser.add_argument("--wall-seconds", type=float, help="wall time of the whole pretrain command, if measured")
     args = parser.parse_args()
     summary = json.loads((args.run / "summary.json").read_text())
+    if summary["architecture"] != "point_mae_tiny":
+        raise SystemExit(f"{args.run} pretrained {summary['architecture']}, not point_mae_tiny")
+    recipe = yaml.safe_load((args.run / "recipe.yaml").read_text())
     rows = [json.loads(line) for line in (args.run / "metrics.jsonl").read_text().splitlines()]
     TARGET.mkdir(parents=True, exist_ok=True)
     for name in ("model.safetensors", "config.json"):
         shutil.copyfile(args.run / "backbone" / name, TARGET / name)
     shutil.copyfile(args.run / "curves.png", TARGET / "loss_curve.png")
-    probes = [probe(TAG, True, args.data), probe("point_mae_tiny", False, args.data)]
-    text = card(args.run, summary, rows, probes,
-                sha256_of(TARGET / "model.safetensors"), args.wall_seconds)
+    probes = [probe(True, args.data), probe(False, args.data)]
+    text = card(args.run, summary, rows, recipe, probes, sha256_of(TARGET / "model.safetensors"), args.data)
     write_atomic(TARGET / "MODEL_CARD.md", lambda tmp: tmp.write_text(text))
     print(f"wrote {TARGET}")
 

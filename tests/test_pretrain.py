@@ -1,8 +1,10 @@
 """point_mae_tiny, ``pointgst pretrain`` (official layout out, kill + resume, DDP), the linear probe and the shipped
 weights and sample."""
 
+import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,29 +25,40 @@ SMALL = ["data.max_train_samples=48", "data.val_fraction=0.25", "train.batch_siz
 PACKAGE = Path(pointgst.__file__).resolve().parent
 
 
-def test_patch_encoder_matrix_products_equal_the_official_conv1d_forward():
+def official_conv_forward(encoder: PatchEncoder, neighborhood: torch.Tensor) -> torch.Tensor:
+    """The official patch encoder forward: (BG, C, K) through the Conv1d / BatchNorm1d layers."""
+    b, g, k, _ = neighborhood.shape
+    feat = encoder.first_conv(neighborhood.reshape(b * g, k, 3).transpose(2, 1))
+    feat = torch.cat([feat.max(dim=2, keepdim=True).values.expand(-1, -1, k), feat], dim=1)
+    return encoder.second_conv(feat).max(dim=2).values.reshape(b, g, -1)
+
+
+@pytest.mark.parametrize("encoder", [PatchEncoder(192, widths=(32, 64)), PatchEncoder(384), PatchEncoder(64, large=True)],
+                         ids=["tiny", "point_mae", "large"])
+def test_patch_encoder_matrix_products_equal_the_official_conv1d_forward(encoder):
     torch.manual_seed(0)
-    for encoder in (PatchEncoder(192, widths=(32, 64)), PatchEncoder(384), PatchEncoder(64, large=True)):
-        encoder.eval()  # BatchNorm with running statistics (set to non-trivial values)
-        for m in encoder.modules():
-            if isinstance(m, nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
-        neighborhood = torch.randn(2, 8, 16, 3)
-
-        def conv_forward(x: torch.Tensor) -> torch.Tensor:  # the official layout: (BG, C, K) through Conv1d
-            b, g, k, _ = x.shape
-            feat = encoder.first_conv(x.reshape(b * g, k, 3).transpose(2, 1))
-            feat = torch.cat([feat.max(dim=2, keepdim=True).values.expand(-1, -1, k), feat], dim=1)
-            return encoder.second_conv(feat).max(dim=2).values.reshape(b, g, -1)
-
-        with torch.no_grad():
-            torch.testing.assert_close(encoder(neighborhood), conv_forward(neighborhood), rtol=1e-5, atol=1e-5)
+    for m in encoder.modules():  # non-trivial running statistics
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    neighborhood = torch.randn(2, 8, 16, 3)
+    twin = copy.deepcopy(encoder)
+    encoder.eval(), twin.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(neighborhood), official_conv_forward(twin, neighborhood),
+                                   rtol=1e-5, atol=1e-5)
+    encoder.train(), twin.train()  # batch statistics, running-statistic updates, gradients
+    ours, official = encoder(neighborhood), official_conv_forward(twin, neighborhood)
+    torch.testing.assert_close(ours, official, rtol=1e-5, atol=1e-5)
+    ours.square().sum().backward(), official.square().sum().backward()
+    for (name, a), b in zip(encoder.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4, msg=name)
+    for (name, a), b in zip(encoder.named_buffers(), twin.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_point_mae_tiny_is_point_mae_with_other_sizes():
     tiny, full = pointgst.create_backbone("point_mae_tiny"), pointgst.create_backbone("point_mae")
     assert tiny.architecture == "point_mae_tiny" and isinstance(tiny, type(full))
-    import re
     first_four = [k for k in full.state_dict() if not re.match(r"blocks\.blocks\.([4-9]|1\d)\.", k)]
     assert list(tiny.state_dict()) == first_four  # same code path: the keys of Point-MAE's first 4 blocks
     assert tiny.state_dict()["encoder.second_conv.3.weight"].shape == (192, 128, 1)
@@ -70,6 +83,9 @@ def test_pretrain_writes_the_official_layout_and_resume_after_kill_matches(tmp_p
                  "backbone/model.safetensors", "backbone/config.json"):
         assert (run / name).is_file(), name
     assert "pretrain.pth" in out and "backbone" in out
+    from pointgst.recipe import load_recipe
+    from pointgst.training.pretrain import build_pretrain_model
+    initial = build_pretrain_model(load_recipe("pretrain-modelnet40.point_mae_tiny", SMALL)).state_dict()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1] and all(0 < r["select_loss"] < 1 for r in rows)
 
@@ -78,6 +94,8 @@ def test_pretrain_writes_the_official_layout_and_resume_after_kill_matches(tmp_p
     reference = PointMAEPretrain.for_architecture("point_mae_tiny").state_dict()
     assert list(state) == list(reference) and all(state[k].shape == reference[k].shape for k in state)
     assert any(k.startswith("MAE_encoder.blocks.") for k in state) and "mask_token" in state
+    trained = [k for k in state if k.endswith("weight") and not torch.equal(state[k], initial[k])]
+    assert len(trained) == sum(k.endswith("weight") for k in state)  # every weight moved: it learned
     backbone = pointgst.create_backbone("point_mae_tiny", pretrained=run / "pretrain.pth")
     report = backbone.load_report
     assert set(report.missing_keys) == {k for k in backbone.state_dict() if k.startswith(("cls_", "cls_head"))}
@@ -106,7 +124,10 @@ def test_pretrain_under_torchrun_with_two_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     state = torch.load(tmp_path / "ddp" / "pretrain.pth", weights_only=True)["base_model"]
     assert not any(k.startswith("module.") for k in state)  # DDP's wrapper is not saved
-    assert pointgst.create_backbone("point_mae_tiny", pretrained=tmp_path / "ddp" / "pretrain.pth")
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert 0 < summary["final_val_loss"] < 1 and summary["epochs"] == 1
+    backbone = pointgst.create_backbone("point_mae_tiny", pretrained=tmp_path / "ddp" / "backbone")
+    assert torch.equal(backbone.state_dict()["norm.weight"], state["MAE_encoder.norm.weight"])
 
 
 @needs_data
@@ -134,6 +155,19 @@ def test_logistic_regression_probe_separates_separable_classes():
     again = fit_logistic_regression(features, labels, 4)
     assert (first(features.double()).argmax(1) == labels).all()
     assert torch.equal(first.weight, again.weight)  # deterministic: the figures of the model card reproduce
+
+
+def test_probe_cli_is_deterministic_and_beats_chance_on_the_sample():
+    from pointgst.demo import sample_data_folder
+
+    command = [sys.executable, "-m", "pointgst.cli", "probe", "point_mae_tiny.modelnet40", "--data",
+               str(sample_data_folder()), "--dataset", "modelnet10", "--no-progress"]
+    first, again = (subprocess.run(command, capture_output=True, text=True, timeout=300) for _ in range(2))
+    assert first.returncode == 0, first.stderr[-3000:]
+    line = first.stdout.strip().splitlines()[-1]
+    assert line == again.stdout.strip().splitlines()[-1]  # the model card's figures reproduce exactly
+    assert "pretrained weights" in line and "280 training / 100 test clouds" in line
+    assert float(line.split("test accuracy ")[1].split("%")[0]) > 40.0  # chance: 10%
 
 
 def test_shipped_weights_load_offline_and_fit_the_budget():
@@ -173,13 +207,19 @@ def test_shipped_sample_is_small_real_modelnet10_with_its_terms():
             assert np.array_equal(pack["points"][row], sample["points"][0])
 
 
-def test_demo_run_saves_an_adapter_that_loads_back(tmp_path):
-    from pointgst.demo import free_run_folder, run_demo
+def test_demo_run_saves_an_adapter_that_reproduces_its_test_accuracy(tmp_path):
+    from pointgst.data import build_dataset
+    from pointgst.demo import free_run_folder, run_demo, sample_data_folder
 
-    summary = run_demo(tmp_path / "demo", random_weights=True, epochs=1, progress=False, report=False)
-    assert summary["epochs"] == 1 and 0.0 <= summary["test_acc"] <= 1.0
-    model = pointgst.load_adapter(tmp_path / "demo" / "adapter")
-    assert pointgst.parameter_report(model).trainable == summary["trainable_parameters"]
+    summary = run_demo(tmp_path / "demo", epochs=1, progress=False, report=False)
+    assert summary["epochs"] == 1 and summary["best_epoch"] == 0
+    model = pointgst.load_adapter(tmp_path / "demo" / "adapter")  # rebuilds point_mae_tiny.modelnet40 from the package
+    model.eval()
+    test = build_dataset({"dataset": "modelnet10", "root": str(sample_data_folder()), "format": "npz"}, "test")
+    with torch.no_grad():
+        predictions = torch.cat([model(test.points[i:i + 25]).argmax(1) for i in range(0, len(test), 25)])
+    accuracy = (predictions == torch.as_tensor(test.labels)).float().mean().item()
+    assert abs(accuracy - summary["test_acc"]) <= 0.01 + 1e-9  # at most one of 100 near-tied shapes flips
     assert free_run_folder(tmp_path / "demo") == tmp_path / "demo-2"  # a second demo never overwrites the first
 
 
@@ -194,7 +234,7 @@ def test_demo_cli_offline_beats_chance_and_random_weights(tmp_path):
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     accuracy = {line.split(":")[0]: float(line.split("test accuracy ")[1].split("%")[0])
-                for line in result.stdout.splitlines() if "test accuracy" in line}
+                for line in result.stdout.splitlines() if line.startswith(("pretrained: ", "random weights: "))}
     assert accuracy["pretrained"] > 30.0 and accuracy["pretrained"] > accuracy["random weights"], result.stdout
     assert "trainable parameters" in result.stdout and "adapter saved to" in result.stdout
     assert (tmp_path / "demo" / "adapter" / "adapter_model.safetensors").is_file()

@@ -93,21 +93,25 @@ def selection_split(recipe: Recipe) -> str:
     return "test" if recipe.train.selection == "test" or official else "val"
 
 
-def build_splits(recipe: Recipe) -> dict[str, Dataset]:
-    """train / select (validation carved from train, or the test split: :func:`selection_split`) / test."""
+def build_splits(recipe: Recipe, *, with_test: bool = True) -> dict[str, Dataset]:
+    """train / select (validation carved from train, or the test split: :func:`selection_split`) / test (not
+    even read with ``with_test=False``, which needs a validation split)."""
     data, seed = recipe.data, recipe.train.seed
     spec = {**asdict(data), "seed": seed}  # the per-sample point shuffle follows train.seed
-    train, test = build_dataset(spec, "train"), build_dataset(spec, "test")
+    train = build_dataset(spec, "train")
     # validation clouds keep their stored point order every epoch (FPS starts at index 0), like the test split
     stored_order = train.with_stored_order()
     if data.max_train_samples:
         kept = stratified_subset(train.labels, data.max_train_samples, seed)
         train, stored_order = _subset(train, kept), _subset(stored_order, kept)
-    if data.max_test_samples:
-        test = _subset(test, stratified_subset(test.labels, data.max_test_samples, seed))
-    splits = {"test": test}
+    splits = {}
+    if with_test:
+        test = build_dataset(spec, "test")
+        if data.max_test_samples:
+            test = _subset(test, stratified_subset(test.labels, data.max_test_samples, seed))
+        splits["test"] = test
     if selection_split(recipe) == "test":
-        splits.update(train=train, select=test)
+        splits.update(train=train, select=splits["test"])
     else:
         train_idx, val_idx = stratified_split(_labels(train), data.val_fraction, seed)
         if len(val_idx) == 0:

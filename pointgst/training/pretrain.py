@@ -10,7 +10,9 @@ for ``--resume``, metrics, ``curves.png``, ``summary.json``), and at the end:
 - ``backbone/``: the encoder as a safetensors weights folder (``create_backbone(ARCH, pretrained=RUN/backbone)``).
 
 The validation split (``data.val_fraction`` of the training split) is scored with the reconstruction loss under
-fixed masks, so its curve is comparable across epochs.
+fixed masks, so its curve is comparable across epochs. Masks are drawn per batch from a generator seeded by (seed,
+epoch, step, rank): a run repeats exactly (and resumes exactly) for a given batch size and number of processes; with
+another number of processes the masks, like the batches, differ.
 """
 
 import json
@@ -47,6 +49,9 @@ def check_pretrain_recipe(recipe: Recipe) -> None:
             raise RecipeError(f"unknown method.options key {key!r} for mae; valid: {', '.join(MAE_OPTIONS)}")
         if not isinstance(value, MAE_OPTIONS[key]) or isinstance(value, bool):
             raise RecipeError(f"method.options.{key} must be {MAE_OPTIONS[key].__name__}, got {value!r}")
+    if recipe.backbone.pretrained is not False:
+        raise RecipeError("pretraining starts from the from-scratch initialisation: set backbone.pretrained=false "
+                          f"(got {recipe.backbone.pretrained!r})")
     if recipe.train.selection != "val" or recipe.data.val_fraction == 0.0:
         raise RecipeError("pretraining never looks at the test split: set train.selection=val and a "
                           "data.val_fraction > 0 (the held-out shapes score the reconstruction loss)")
@@ -75,9 +80,7 @@ class Pretrainer(Trainer):
         check_pretrain_recipe(recipe)
 
     def _build_splits(self) -> dict[str, Dataset]:
-        splits = build_splits(self.recipe)
-        del splits["test"]  # pretraining never sees the test split
-        return splits
+        return build_splits(self.recipe, with_test=False)  # pretraining never reads the test split
 
     def _build_model(self) -> nn.Module:
         return build_pretrain_model(self.recipe)
@@ -101,6 +104,7 @@ class Pretrainer(Trainer):
                 plot_curves(self.log.rows, self.run_dir / CURVES_PNG, loss_name="Chamfer-L2 loss")
             self.dist.barrier()
         summary = self._write_outputs(time.time() - started)
+        self.dist.barrier()
         teardown_distributed()
         return summary
 
@@ -140,26 +144,29 @@ class Pretrainer(Trainer):
         return (totals[0] / totals[1]).item()
 
     def _write_outputs(self, seconds: float) -> dict[str, Any]:
-        """``pretrain.pth`` (official layout), ``backbone/`` (safetensors) and ``summary.json`` of the last epoch."""
+        """``pretrain.pth`` (official layout), ``backbone/`` (safetensors) and ``summary.json`` of the last epoch (main
+        process; the others return ``{}``)."""
         from pointgst.converting import convert_checkpoint
 
+        if not self.dist.is_main:
+            return {}
         rows = self.log.rows
         summary = {"recipe": self.recipe.name, "architecture": self.recipe.backbone.name,
                    "epochs": len(rows), "final_train_loss": rows[-1]["train_loss"],
                    "final_val_loss": rows[-1]["select_loss"], "best_val_epoch": self.best["epoch"],
                    "best_val_loss": self.best["loss"],
                    "parameters": sum(p.numel() for p in self.model.parameters()),
-                   "train_seconds": round(seconds, 1), "epoch_seconds_total": round(sum(r["epoch_seconds"]
-                                                                                        for r in rows), 1),
+                   "train_seconds": round(seconds, 1),  # this process only (a resumed run: since the resume)
+                   "epoch_seconds_total": round(sum(r["epoch_seconds"] for r in rows), 1),
                    "peak_memory_mb": round(_peak_memory_mb(self.dist.device), 1)}
-        if self.dist.is_main:
-            checkpoint = self.run_dir / PRETRAIN_CHECKPOINT
-            save_atomic({"base_model": self.model.state_dict(), "epoch": rows[-1]["epoch"],
-                         "metrics": {"train_loss": rows[-1]["train_loss"], "val_loss": rows[-1]["select_loss"]}},
-                        checkpoint)
-            convert_checkpoint(checkpoint, self.run_dir / BACKBONE_FOLDER, architecture=self.recipe.backbone.name,
-                               overwrite=True)
-            write_text_atomic(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        checkpoint = self.run_dir / PRETRAIN_CHECKPOINT
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        save_atomic({"base_model": state, "epoch": rows[-1]["epoch"],
+                     "metrics": {"train_loss": rows[-1]["train_loss"], "val_loss": rows[-1]["select_loss"]}},
+                    checkpoint)
+        convert_checkpoint(checkpoint, self.run_dir / BACKBONE_FOLDER, architecture=self.recipe.backbone.name,
+                           overwrite=True)
+        write_text_atomic(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
         return summary
 
 
