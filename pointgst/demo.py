@@ -31,7 +31,7 @@ def demo_recipe(*, random_weights: bool = False, epochs: int = 12, seed: int = 0
         "method": {"name": "pcsa", "options": {"rank": 36, "local_size": 32}},
         "data": {"dataset": "modelnet10", "format": "npz", "root": str(sample_data_folder()), "num_classes": 10,
                  "npoints": 1024, "point_all": 1024, "augmentation": "scale_translate", "val_fraction": 0.1},
-        "train": {"epochs": epochs, "warmup_epochs": 1, "batch_size": 16, "lr": 1e-3, "schedule": "cosine",
+        "train": {"epochs": epochs, "warmup_epochs": min(1, epochs - 1), "batch_size": 16, "lr": 1e-3, "schedule": "cosine",
                   "selection": "val", "seed": seed, "num_workers": 0},
     }, name="demo-random-weights" if random_weights else "demo")
 

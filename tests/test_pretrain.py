@@ -36,24 +36,26 @@ def official_conv_forward(encoder: PatchEncoder, neighborhood: torch.Tensor) -> 
 @pytest.mark.parametrize("encoder", [PatchEncoder(192, widths=(32, 64)), PatchEncoder(384), PatchEncoder(64, large=True)],
                          ids=["tiny", "point_mae", "large"])
 def test_patch_encoder_matrix_products_equal_the_official_conv1d_forward(encoder):
+    """In float64, so that the comparison is tight (in float32 the two reduction orders differ by rounding)."""
     torch.manual_seed(0)
+    encoder = encoder.double()
     for m in encoder.modules():  # non-trivial running statistics
         if isinstance(m, nn.BatchNorm1d):
             m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
-    neighborhood = torch.randn(2, 8, 16, 3)
+    neighborhood = torch.randn(2, 8, 16, 3, dtype=torch.float64)
     twin = copy.deepcopy(encoder)
     encoder.eval(), twin.eval()
     with torch.no_grad():
         torch.testing.assert_close(encoder(neighborhood), official_conv_forward(twin, neighborhood),
-                                   rtol=1e-5, atol=1e-5)
+                                   rtol=1e-10, atol=1e-10)
     encoder.train(), twin.train()  # batch statistics, running-statistic updates, gradients
     ours, official = encoder(neighborhood), official_conv_forward(twin, neighborhood)
-    torch.testing.assert_close(ours, official, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours, official, rtol=1e-10, atol=1e-10)
     ours.square().sum().backward(), official.square().sum().backward()
     for (name, a), b in zip(encoder.named_parameters(), twin.parameters()):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4, msg=name)
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-9, msg=name)
     for (name, a), b in zip(encoder.named_buffers(), twin.buffers()):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
 
 
 def test_point_mae_tiny_is_point_mae_with_other_sizes():

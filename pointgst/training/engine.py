@@ -362,8 +362,17 @@ class Trainer:
         if self.dist.is_main:
             write_text_atomic(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
             if hasattr(self.model, "save_pretrained"):
-                self.model.save_pretrained(str(self.run_dir / "adapter"))
+                save_trained_part(self.model, self.run_dir / "adapter")
         return summary
+
+
+def save_trained_part(model: nn.Module, folder: Path) -> None:
+    """``model.save_pretrained(folder)``; for a peft model without asking the hub whether the backbone's name has a
+    ``config.json`` (peft's check for resized token embeddings, which point-cloud backbones do not have)."""
+    from peft import PeftModel
+
+    options = {"save_embedding_layers": False} if isinstance(model, PeftModel) else {}
+    model.save_pretrained(str(folder), **options)
 
 
 def _rng_state() -> dict[str, Any]:
