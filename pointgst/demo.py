@@ -2,8 +2,8 @@
 shipped in the package (``pointgst/sample_data``), offline, in a few minutes on a laptop CPU.
 
 The demo is an ordinary training run (:func:`demo_recipe` is its recipe; the run folder holds ``recipe.yaml``, the
-metrics, the best epoch's adapter under ``adapter/`` and ``summary.json``). ``random_weights=True`` runs the same demo on
-a randomly initialised backbone of the same architecture: the comparison that shows what pretraining brings.
+metrics, the best epoch's adapter under ``adapter/`` and ``summary.json``). ``random_weights=True`` runs the same demo
+on a randomly initialised backbone of the same architecture: the comparison that shows what pretraining brings.
 """
 
 from pathlib import Path
@@ -31,8 +31,8 @@ def demo_recipe(*, random_weights: bool = False, epochs: int = 12, seed: int = 0
         "method": {"name": "pcsa", "options": {"rank": 36, "local_size": 32}},
         "data": {"dataset": "modelnet10", "format": "npz", "root": str(sample_data_folder()), "num_classes": 10,
                  "npoints": 1024, "point_all": 1024, "augmentation": "scale_translate", "val_fraction": 0.1},
-        "train": {"epochs": epochs, "warmup_epochs": min(1, epochs - 1), "batch_size": 16, "lr": 1e-3, "schedule": "cosine",
-                  "selection": "val", "seed": seed, "num_workers": 0},
+        "train": {"epochs": epochs, "warmup_epochs": min(1, epochs - 1), "batch_size": 16, "lr": 1e-3,
+                  "schedule": "cosine", "selection": "val", "seed": seed, "num_workers": 0},
     }, name="demo-random-weights" if random_weights else "demo")
 
 

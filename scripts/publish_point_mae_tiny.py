@@ -49,7 +49,9 @@ def card(run: Path, summary: dict, rows: list[dict], recipe: dict, probes: list,
          data_root: str) -> str:
     pretrained, random = probes
     train, data, options = recipe["train"], recipe["data"], recipe["method"]["options"]
-    table = ["| epoch | lr | train loss | validation loss | seconds |", "|---:|---:|---:|---:|---:|"]
+    table = ["| epoch | lr (end of epoch) | train loss | validation loss | seconds |", "|---:|---:|---:|---:|---:|"]
+    seconds = sorted(r["epoch_seconds"] for r in rows)
+    median = seconds[len(seconds) // 2]
     table += [f"| {r['epoch'] + 1} | {r['lr']:.2e} | {r['train_loss']:.5f} | {r['select_loss']:.5f} | "
               f"{r['epoch_seconds']:.0f} |" for r in rows]
     return "\n".join([
@@ -95,7 +97,9 @@ def card(run: Path, summary: dict, rows: list[dict], recipe: dict, probes: list,
         "",
         f"Wall time: {summary['epoch_seconds_total'] / 60:.1f} min of training epochs on a {os.cpu_count()}-core CPU "
         f"(torch {torch.__version__}, {torch.get_num_threads()} threads), peak memory "
-        f"{summary['peak_memory_mb'] / 1024:.2f} GiB.",
+        f"{summary['peak_memory_mb'] / 1024:.2f} GiB. The median epoch took {median:.0f} s, so the run takes about "
+        f"{median * len(rows) / 60:.0f} min on an otherwise idle machine; an epoch that shared the CPU with another job "
+        "took longer (see the table).",
         "",
         "## Loss curve",
         "",
