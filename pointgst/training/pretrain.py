@@ -50,7 +50,7 @@ def check_pretrain_recipe(recipe: Recipe) -> None:
         if not isinstance(value, MAE_OPTIONS[key]) or isinstance(value, bool):
             raise RecipeError(f"method.options.{key} must be {MAE_OPTIONS[key].__name__}, got {value!r}")
     if recipe.backbone.pretrained is not False:
-        raise RecipeError("pretraining starts from the from-scratch initialisation: set backbone.pretrained=false "
+        raise RecipeError("pretraining starts from a fresh initialisation: set backbone.pretrained=false "
                           f"(got {recipe.backbone.pretrained!r})")
     if recipe.train.selection != "val" or recipe.data.val_fraction == 0.0:
         raise RecipeError("pretraining never looks at the test split: set train.selection=val and a "
@@ -61,8 +61,9 @@ def check_pretrain_recipe(recipe: Recipe) -> None:
 
 
 def build_pretrain_model(recipe: Recipe) -> nn.Module:
-    """The :class:`PointMAEPretrain` model a recipe describes, from scratch (official init), seeded by
-    ``train.seed``."""
+    """The :class:`PointMAEPretrain` model a recipe describes, from scratch, seeded by ``train.seed``. Its layers keep
+    PyTorch's default initialisation (only ``mask_token`` is trunc-normal(0.02)); the official pretraining model also
+    re-initialises its Linear/Conv1d layers trunc-normal(0.02)."""
     from pointgst.backbones.point_mae_pretrain import PointMAEPretrain
 
     torch.manual_seed(recipe.train.seed)
