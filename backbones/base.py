@@ -119,9 +119,13 @@ class PointBackbone(nn.Module):
         if method not in ("linear", "full"):
             raise ValueError(f"set_tuning takes 'linear' or 'full', got {method!r}")
         for name, param in self.named_parameters():
-            param.requires_grad_(method == "full" or name.startswith(tuple(m + "." for m in self.head_modules)))
+            param.requires_grad_(method == "full" or name.startswith(self._head_prefixes))
         self.tuning_method = method
         return self
+
+    @property
+    def _head_prefixes(self) -> tuple[str, ...]:
+        return tuple(m + "." for m in self.head_modules)
 
     def save_pretrained(self, out_dir: str | os.PathLike, *, overwrite: bool = True) -> Path:
         """Write a weights folder that ``pointgst.load_adapter(out_dir)`` restores: every weight after ``"full"``
@@ -130,7 +134,7 @@ class PointBackbone(nn.Module):
         method = self.tuning_method or "full"
         state = self.state_dict()
         if method == "linear":
-            state = {k: v for k, v in state.items() if k.startswith(tuple(m + "." for m in self.head_modules))}
+            state = {k: v for k, v in state.items() if k.startswith(self._head_prefixes)}
         grouping = {k: self.arch_config[k] for k in ("num_group", "group_size", "skip_near_origin")}
         config = {"format": FOLDER_FORMAT, "architecture": self.architecture, "num_classes": self.num_classes,
                   "tuning_method": method, "base": self.name_or_path if method == "linear" else None,

@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from pointgst.atomic import ordinary_mode
 from pointgst.errors import CheckpointError, UnsafeCheckpointError
 
-PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FOLDER_FORMAT = "pointgst-backbone"  # the "format" field of a converted folder's config.json
@@ -143,9 +142,9 @@ def detect_architecture(state: Mapping[str, Tensor]) -> str:
     width = _block_width(state)
     if any(k.startswith("blocks.blocks.") for k in state):
         return "point_mae_tiny" if width == 192 else "point_mae"
-    gpt_sizes = {384: "pointgpt_s", 768: "pointgpt_b", 1024: "pointgpt_l"}
-    if any(k.startswith("blocks.layers.") for k in state) and width in gpt_sizes:
-        return gpt_sizes[width]
+    from .torch_pointcloud import _PGPT_WIDTH_TO_ARCH
+    if any(k.startswith("blocks.layers.") for k in state) and width in _PGPT_WIDTH_TO_ARCH:
+        return _PGPT_WIDTH_TO_ARCH[width]
     raise CheckpointError(f"cannot tell the architecture of this checkpoint ({describe_state_dict(state)}); "
                           "pass it explicitly (--arch point_mae|point_mae_tiny|pointgpt_s|pointgpt_b|pointgpt_l)")
 

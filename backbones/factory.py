@@ -83,7 +83,7 @@ def create_backbone(name: str, *, pretrained: bool | str | os.PathLike = False, 
         model.init_weights()
         return model
     model.name_or_path = str(pretrained) if pretrained is not True else name
-    report = load_weights(model, source, strict=strict)
+    report = load_weights(model, source, strict=strict, config=recorded)
     logger.info("%s", report)
     model.load_report = report
     return model
@@ -99,12 +99,13 @@ def _local_or_hub(pretrained: str | os.PathLike) -> Path:
     raise CheckpointError(f"pretrained={text!r} is neither an existing file or folder nor a hub repo id (org/name)")
 
 
-def load_weights(model: PointBackbone, source: str | os.PathLike, *, strict: bool = True) -> LoadReport:
+def load_weights(model: PointBackbone, source: str | os.PathLike, *, strict: bool = True,
+                 config: dict[str, Any] | None = None) -> LoadReport:
     """Load a weights file or folder (official ``.pth``, converted safetensors folder, hub snapshot in the
-    torch-pointcloud layout) into ``model``."""
+    torch-pointcloud layout) into ``model``. ``config``: the folder's :func:`folder_config`, if already read."""
     path = Path(source)
     if path.is_dir():
-        _check_folder_architecture(path, model)
+        _check_folder_architecture(path, model, folder_config(path) if config is None else config)
     file = weights_file(path)
     state = read_official_state(file, model.architecture)
     return fit_state_dict(model, state, strict=strict, source=str(file))
@@ -150,8 +151,8 @@ def folder_config(folder: Path) -> dict[str, Any]:
     return config if config.get("format") == FOLDER_FORMAT else {}
 
 
-def _check_folder_architecture(folder: Path, model: PointBackbone) -> None:
-    arch = folder_config(folder).get("architecture")
+def _check_folder_architecture(folder: Path, model: PointBackbone, config: dict[str, Any]) -> None:
+    arch = config.get("architecture")
     if arch and arch != model.architecture:
         raise CheckpointError(f"{folder} holds {arch} weights but the model is {model.architecture}; "
                               f"create_backbone({arch!r}, pretrained={str(folder)!r})")

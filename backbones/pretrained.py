@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pointgst.errors import WeightsNotAvailableError
 
+from .checkpoint import WEIGHTS_FILE
+
 POINT_MAE_RELEASE = "https://github.com/Pang-Yatian/Point-MAE/releases/download/main/"
 POINTGPT_README = "https://github.com/CGuangyan-BIT/PointGPT#pretrained-models"
 
@@ -140,9 +142,9 @@ def resolve_pretrained_file(cfg: PretrainedCfg) -> Path:
     failures = []
     if cfg.package_folder:
         folder = package_weights_folder(cfg.package_folder)
-        if (folder / "model.safetensors").is_file():
+        if (folder / WEIGHTS_FILE).is_file():
             return folder
-        raise WeightsNotAvailableError(f"{folder} holds no model.safetensors, though pointgst ships {cfg.tag!r} "
+        raise WeightsNotAvailableError(f"{folder} holds no {WEIGHTS_FILE}, though pointgst ships {cfg.tag!r} "
                                        "there: the installation is incomplete; reinstall pointgst")
     if cfg.hf_hub_id:
         try:

@@ -159,9 +159,8 @@ def main() -> None:
         out = out.with_name(f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     results = [run_entry(entry, out / entry.label, args.epochs) for entry in entries]
     invocation = shlex.join(["python", "benchmarks/modelnet40_methods.py", *sys.argv[1:]])
-    from pointgst.atomic import write_atomic
-    text = markdown(results, invocation)
-    write_atomic(Path(args.results), lambda tmp: tmp.write_text(text))
+    from pointgst.atomic import write_text_atomic
+    write_text_atomic(args.results, markdown(results, invocation))
     print(f"wrote {args.results}")
 
 

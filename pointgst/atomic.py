@@ -27,3 +27,8 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """:func:`write_atomic` of a text file."""
+    write_atomic(path, lambda tmp: tmp.write_text(text))

@@ -70,17 +70,13 @@ def _probe(args: argparse.Namespace) -> None:
     import torch
 
     from pointgst.backbones.factory import create_backbone, parse_name
-    from pointgst.data import build_dataset
-    from pointgst.probe import linear_probe
+    from pointgst.probe import probe_modelnet_pack
 
     _, cfg = parse_name(args.name)
     pretrained = cfg is not None and not args.random_weights
     torch.manual_seed(args.seed)  # the random initialisation, where the weights are not pretrained
     backbone = create_backbone(args.name, pretrained=pretrained)
-    data = {"dataset": args.dataset, "root": args.data, "format": "npz", "shuffle_points": False}
-    classes = 10 if args.dataset == "modelnet10" else 40
-    result = linear_probe(backbone, build_dataset(data, "train"), build_dataset(data, "test"), classes,
-                          progress=not args.no_progress)
+    result = probe_modelnet_pack(backbone, args.data, dataset=args.dataset, progress=not args.no_progress)
     weights = "pretrained weights" if pretrained else f"random weights (seed {args.seed})"
     print(f"{args.name}, {weights}, {args.dataset}: {result}")
 

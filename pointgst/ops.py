@@ -206,6 +206,11 @@ def hilbert_key_from_cells(cells: Tensor, depth: int) -> Tensor:
             f"cells must lie in [0, 2**depth) = [0, {side}), got values in [{int(cells.min())}, {int(cells.max())}]; "
             "clamp the cells or raise depth"
         )
+    return _hilbert_key(cells, depth)
+
+
+def _hilbert_key(cells: Tensor, depth: int) -> Tensor:
+    """:func:`hilbert_key_from_cells` of cells known to lie on the grid."""
     x = list(cells.to(torch.int64).unbind(-1))
     # Undo excess work (Skilling 2004, AxestoTranspose), from the top bit down.
     for level in range(depth - 1, 0, -1):
@@ -248,7 +253,7 @@ def hilbert_key(points: Tensor, *, depth: int = 10) -> Tensor:
     extent = torch.where(extent > 0, extent, torch.ones_like(extent))
     side = 1 << depth
     cells = ((pts - low) / extent * side).floor().clamp_(0, side - 1).to(torch.int64)
-    return hilbert_key_from_cells(cells, depth)
+    return _hilbert_key(cells, depth)  # clamped onto the grid: no range check (and no host sync) needed
 
 
 _CURVES = {"z_order": z_order_key, "hilbert": hilbert_key}

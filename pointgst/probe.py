@@ -76,3 +76,15 @@ def linear_probe(backbone: torch.nn.Module, train: Dataset, test: Dataset, num_c
         logits = classifier(((test_x - mean) / std).double())
     scores = scores_from(logits.float(), test_y, num_classes)
     return ProbeResult(scores.acc, scores.macc, len(train_y), len(test_y), train_x.shape[1])
+
+
+def probe_modelnet_pack(backbone: torch.nn.Module, root: str, *, dataset: str = "modelnet40",
+                        progress: bool = False) -> ProbeResult:
+    """:func:`linear_probe` on the train / test splits of a ModelNet ``.npz`` pack (``modelnet40``, or its
+    ``modelnet10`` rows), both in stored point order."""
+    from pointgst.data import build_dataset
+    from pointgst.recipe import DATASET_CLASSES
+
+    data = {"dataset": dataset, "root": root, "format": "npz", "shuffle_points": False}
+    return linear_probe(backbone, build_dataset(data, "train"), build_dataset(data, "test"), DATASET_CLASSES[dataset],
+                        progress=progress)

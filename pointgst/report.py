@@ -1,7 +1,6 @@
 """``parameter_report``: trainable vs. total parameters of a (wrapped) backbone, per module, beside the
 paper's figure where the paper gives one."""
 
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -72,7 +71,7 @@ def parameter_report(model: nn.Module) -> ParameterReport:
         method = getattr(config, "method", str(config.peft_type).split(".")[-1].lower())
     else:
         method = getattr(model, "tuning_method", None) or "full"
-    breakdown: dict[str, int] = OrderedDict()
+    breakdown: dict[str, int] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
             part = _part(name)

@@ -149,6 +149,12 @@ def compute_spectral_basis(centers: Tensor, options: SpectralOptions = SpectralO
     Bases and eigenvalues are returned in the dtype of ``centers``.
     """
     _check_centers(centers, options.local_size)
+    return spectral_basis_unchecked(centers, options)
+
+
+def spectral_basis_unchecked(centers: Tensor, options: SpectralOptions) -> SpectralBasis:
+    """:func:`compute_spectral_basis` without its input checks, for centres a backbone sampled from points it
+    already checked, with a local size checked at injection (no host sync on every forward)."""
     with torch.no_grad():
         order = torch.argsort(curve_key(centers, options.curve), dim=1, stable=True)
         inverse_order = torch.argsort(order, dim=1)

@@ -5,7 +5,6 @@ all through pointgst's peft method —; ``lora`` (peft's LoRA on the blocks' lin
 attention projection, plus the head); and the baselines without adapters ``linear`` (head only) and ``full``.
 """
 
-import json
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from pointgst.backbones import PointBackbone, create_backbone
-from pointgst.backbones.checkpoint import CONFIG_FILE, FOLDER_FORMAT
+from pointgst.backbones.checkpoint import CONFIG_FILE
 from pointgst.backbones.factory import folder_config
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -163,8 +162,8 @@ def _rebuild(folder: Path, source: str | None, architecture: str | None, num_cla
 
 def _load_baseline(folder: Path, backbone: nn.Module | str | None) -> PointBackbone:
     """A folder written by ``PointBackbone.save_pretrained`` after ``linear`` or ``full`` tuning."""
-    config = json.loads((folder / CONFIG_FILE).read_text())
-    if config.get("format") != FOLDER_FORMAT:
+    config = folder_config(folder)
+    if not config:
         raise ValueError(f"{folder} holds neither a peft adapter nor a pointgst weights folder")
     method = config.get("tuning_method") or "full"
     options = config.get("backbone_options") or {}

@@ -18,11 +18,10 @@ from pathlib import Path
 import torch
 import yaml
 
-from pointgst.atomic import write_atomic
+from pointgst.atomic import write_text_atomic
 from pointgst.backbones.convert import sha256_of
 from pointgst.backbones.factory import create_backbone
-from pointgst.data import build_dataset
-from pointgst.probe import linear_probe
+from pointgst.probe import probe_modelnet_pack
 
 TAG = "point_mae_tiny.modelnet40"
 TARGET = Path(__file__).resolve().parents[1] / "pointgst" / "weights" / TAG
@@ -33,8 +32,7 @@ def probe(pretrained: bool, data_root: str) -> tuple[object, str]:
     ``pointgst probe`` command that reproduces it."""
     torch.manual_seed(0)
     backbone = create_backbone("point_mae_tiny", pretrained=TARGET if pretrained else False)
-    data = {"dataset": "modelnet40", "root": data_root, "format": "npz", "shuffle_points": False}
-    result = linear_probe(backbone, build_dataset(data, "train"), build_dataset(data, "test"), 40, progress=True)
+    result = probe_modelnet_pack(backbone, data_root, progress=True)
     command = f"pointgst probe {TAG if pretrained else 'point_mae_tiny --random-weights'} --data {data_root}"
     print(f"{command}: {result}")
     return result, command
@@ -148,7 +146,7 @@ def main() -> None:
     shutil.copyfile(args.run / "curves.png", TARGET / "loss_curve.png")
     probes = [probe(True, args.data), probe(False, args.data)]
     text = card(args.run, summary, rows, recipe, probes, sha256_of(TARGET / "model.safetensors"), args.data)
-    write_atomic(TARGET / "MODEL_CARD.md", lambda tmp: tmp.write_text(text))
+    write_text_atomic(TARGET / "MODEL_CARD.md", text)
     print(f"wrote {TARGET}")
 
 

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pointgst.atomic import write_atomic
+from pointgst.atomic import write_atomic, write_text_atomic
 from pointgst.data.readers import (
     POINT_FILE_SUFFIXES,
     DatasetError,
@@ -454,7 +454,7 @@ def convert_dat_to_npz(dat_path: str | os.PathLike, out_path: str | os.PathLike,
                                                names=np.array(data.shape_ids)))
     names_file = out_path.parent / "shape_names.txt"
     if not names_file.exists():
-        write_atomic(names_file, lambda tmp: tmp.write_text("".join(f"{c}\n" for c in data.class_names)))
+        write_text_atomic(names_file, "".join(f"{c}\n" for c in data.class_names))
     return out_path
 
 

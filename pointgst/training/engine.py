@@ -64,11 +64,16 @@ def build_model(recipe: Recipe) -> nn.Module:
     from pointgst.wrapping import wrap
 
     torch.manual_seed(recipe.train.seed)
-    backbone_options = {"num_group": recipe.backbone.num_group, "group_size": recipe.backbone.group_size}
-    if recipe.backbone.drop_path_rate is not None:
-        backbone_options["drop_path_rate"] = recipe.backbone.drop_path_rate
     return wrap(recipe.backbone.name, method=recipe.method.name, num_classes=recipe.data.num_classes,
-                pretrained=recipe.backbone.pretrained, **backbone_options, **recipe.method.options)
+                pretrained=recipe.backbone.pretrained, **backbone_options(recipe), **recipe.method.options)
+
+
+def backbone_options(recipe: Recipe) -> dict[str, Any]:
+    """The backbone's grouping and (where the recipe sets it) stochastic depth."""
+    options: dict[str, Any] = {"num_group": recipe.backbone.num_group, "group_size": recipe.backbone.group_size}
+    if recipe.backbone.drop_path_rate is not None:
+        options["drop_path_rate"] = recipe.backbone.drop_path_rate
+    return options
 
 
 def preflight(recipe: Recipe) -> None:
@@ -81,9 +86,13 @@ def preflight(recipe: Recipe) -> None:
                           "`pointgst pretrain`, not `pointgst train`")
     parse_name(recipe.backbone.name)
     check_method_options(recipe.method.name, recipe.method.options)
-    root = Path(recipe.data.root)
-    if not root.exists():
-        raise FileNotFoundError(f"data.root {str(root)!r} does not exist (from {Path.cwd()}); point it at the "
+    check_data_root(recipe)
+
+
+def check_data_root(recipe: Recipe) -> None:
+    """``FileNotFoundError`` naming the fix unless ``data.root`` exists."""
+    if not Path(recipe.data.root).exists():
+        raise FileNotFoundError(f"data.root {recipe.data.root!r} does not exist (from {Path.cwd()}); point it at the "
                                 f"{recipe.data.dataset} data with --set data.root=PATH")
 
 
@@ -104,12 +113,7 @@ def build_splits(recipe: Recipe, *, with_test: bool = True) -> dict[str, Dataset
     if data.max_train_samples:
         kept = stratified_subset(train.labels, data.max_train_samples, seed)
         train, stored_order = _subset(train, kept), _subset(stored_order, kept)
-    splits = {}
-    if with_test:
-        test = build_dataset(spec, "test")
-        if data.max_test_samples:
-            test = _subset(test, stratified_subset(test.labels, data.max_test_samples, seed))
-        splits["test"] = test
+    splits = {"test": build_test_split(recipe)} if with_test else {}
     if selection_split(recipe) == "test":
         splits.update(train=train, select=splits["test"])
     else:
@@ -121,6 +125,15 @@ def build_splits(recipe: Recipe, *, with_test: bool = True) -> dict[str, Dataset
                              "(train.selection=test, the official protocol)")
         splits.update(train=_subset(train, train_idx), select=_subset(stored_order, val_idx))
     return splits
+
+
+def build_test_split(recipe: Recipe) -> Dataset:
+    """The test split (a stratified, seeded subset with ``data.max_test_samples``)."""
+    data, seed = recipe.data, recipe.train.seed
+    test = build_dataset({**asdict(data), "seed": seed}, "test")
+    if data.max_test_samples:
+        test = _subset(test, stratified_subset(test.labels, data.max_test_samples, seed))
+    return test
 
 
 def _base_dataset(dataset: Dataset) -> Dataset:
@@ -261,16 +274,13 @@ class Trainer:
         return summary
 
     def _train_epoch(self, epoch: int) -> tuple[float, float, float]:
-        from tqdm import tqdm
-
         self._set_train_mode()
         torch.manual_seed(derived_seed(self.recipe.train.seed, "dropout", epoch, self.dist.rank))
         auxiliary = [m for m in self.model.modules() if hasattr(m, "auxiliary_loss")]
         loader = self.loaders["train"]
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
         start = time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
-                   disable=not (self.progress and self.dist.is_main), leave=False)
+        bar = self._progress_bar(loader, epoch)
         for step, (index, points, labels) in enumerate(bar):
             points, labels = points.to(self.dist.device), labels.to(self.dist.device)
             points = self._augment(points, index, epoch, step)
@@ -288,6 +298,13 @@ class Trainer:
             bar.set_postfix(loss=f"{loss.item():.3f}", samples_per_s=f"{totals[2] / (time.time() - start):.1f}")
         self.dist.all_reduce_sum(totals)
         return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item(), time.time() - start
+
+    def _progress_bar(self, loader: DataLoader, epoch: int):
+        """``loader`` wrapped in the epoch's progress bar (main process, unless progress is off)."""
+        from tqdm import tqdm
+
+        return tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                    disable=not (self.progress and self.dist.is_main), leave=False)
 
     def _optimizer_step(self, loss: torch.Tensor) -> None:
         """Backward, gradient clipping (``train.grad_clip``), optimiser step and, per step, the schedule."""
@@ -412,7 +429,7 @@ def evaluate_run(run_dir: str | Path, *, vote: int | None = None, repeats: int |
     dist = setup_distributed(device)
     model = build_model(recipe).to(dist.device)
     load_trainable_state(model, torch.load(run_dir / BEST_STATE, map_location="cpu", weights_only=True))
-    loader = make_loader(build_splits(recipe)["test"], recipe, dist, train=False)
+    loader = make_loader(build_test_split(recipe), recipe, dist, train=False)
     scores = split_scores(model, loader, recipe, dist)
     result = {"run": str(run_dir), "test_acc": scores.acc, "test_macc": scores.macc, "count": scores.count}
     vote = recipe.eval.vote if vote is None else vote

@@ -27,7 +27,8 @@ from torch.utils.data import Dataset
 from pointgst.recipe import PRETRAIN_METHOD, Recipe, RecipeError
 
 from .distributed import teardown_distributed
-from .engine import Trainer, _base_dataset, _peak_memory_mb, build_splits, derived_seed
+from .engine import (Trainer, _base_dataset, _peak_memory_mb, backbone_options, build_splits, check_data_root,
+                     derived_seed)
 from .run_files import CURVES_PNG, SUMMARY, plot_curves, save_atomic, write_text_atomic
 
 PRETRAIN_CHECKPOINT, BACKBONE_FOLDER = "pretrain.pth", "backbone"
@@ -55,9 +56,7 @@ def check_pretrain_recipe(recipe: Recipe) -> None:
     if recipe.train.selection != "val" or recipe.data.val_fraction == 0.0:
         raise RecipeError("pretraining never looks at the test split: set train.selection=val and a "
                           "data.val_fraction > 0 (the held-out shapes score the reconstruction loss)")
-    if not Path(recipe.data.root).exists():
-        raise FileNotFoundError(f"data.root {recipe.data.root!r} does not exist (from {Path.cwd()}); point it at "
-                                f"the {recipe.data.dataset} data with --set data.root=PATH")
+    check_data_root(recipe)
 
 
 def build_pretrain_model(recipe: Recipe) -> nn.Module:
@@ -67,11 +66,8 @@ def build_pretrain_model(recipe: Recipe) -> nn.Module:
     from pointgst.backbones.point_mae_pretrain import PointMAEPretrain
 
     torch.manual_seed(recipe.train.seed)
-    options = dict(recipe.method.options, num_group=recipe.backbone.num_group,
-                   group_size=recipe.backbone.group_size)
-    if recipe.backbone.drop_path_rate is not None:
-        options["drop_path_rate"] = recipe.backbone.drop_path_rate
-    return PointMAEPretrain.for_architecture(recipe.backbone.name, **options)
+    return PointMAEPretrain.for_architecture(recipe.backbone.name, **recipe.method.options,
+                                             **backbone_options(recipe))
 
 
 class Pretrainer(Trainer):
@@ -110,15 +106,12 @@ class Pretrainer(Trainer):
         return summary
 
     def _pretrain_epoch(self, epoch: int) -> tuple[float, float]:
-        from tqdm import tqdm
-
         self.train_model.train()
         torch.manual_seed(derived_seed(self.recipe.train.seed, "dropout", epoch, self.dist.rank))
         loader = self.loaders["train"]
         totals = torch.zeros(2, dtype=torch.float64)  # loss sum, count
         start = time.time()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
-                   disable=not (self.progress and self.dist.is_main), leave=False)
+        bar = self._progress_bar(loader, epoch)
         for step, (index, points, _) in enumerate(bar):
             points = self._augment(points.to(self.dist.device), index, epoch, step)
             masks = torch.Generator().manual_seed(derived_seed(self.recipe.train.seed, "mask", epoch, step,

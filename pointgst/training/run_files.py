@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pointgst.atomic import write_atomic
+from pointgst.atomic import write_atomic, write_text_atomic
 
 CHECKPOINT = "checkpoint-last.pt"
 BEST_STATE = "best-trainable.pt"
@@ -19,10 +19,6 @@ RECIPE = "recipe.yaml"
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` into a temporary file beside ``path``, then rename it into place."""
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -2,7 +2,7 @@
 
 from torch import Tensor
 
-from pointgst.spectral import SpectralBasis, SpectralOptions, compute_spectral_basis
+from pointgst.spectral import SpectralBasis, SpectralOptions, spectral_basis_unchecked
 
 
 class SpectralContext:
@@ -28,10 +28,6 @@ class SpectralContext:
             raise RuntimeError("no token centres yet: adapters can only run inside the backbone's forward, after "
                                "its grouping step")
         if options not in self._bases:
-            self._bases[options] = compute_spectral_basis(self.centers, options)
+            self._bases[options] = spectral_basis_unchecked(self.centers, options)
             self.computations += 1
         return self._bases[options]
-
-    def clear(self) -> None:
-        self.centers = None
-        self._bases.clear()
