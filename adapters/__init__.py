@@ -1,52 +1,31 @@
-"""Tunable modules and the registries that name them.
+"""Tuning methods, one folder each, and the registry that names them (``docs/design.md``, "Methods").
 
-A *parallel* module runs beside a residual branch of every block and returns an additive correction; it is called
-as ``module(x, geometry)`` with tokens ``x`` (B, T, C) whose last G tokens are point tokens, and ``geometry`` the
-spectral basis of the token centres (``"basis"``) or the centres (B, G, 3) themselves (``"centers"``). A *head*
-module replaces the classification head: it reads the final point tokens and their centres.
+Adding a method = adding its folder (config dataclass, module, ``METHOD`` spec) and one line below.
 """
 
-from dataclasses import dataclass
-from typing import Any, Callable
+from . import pcsa, dcnv4, deepla, lora
+from .baselines import FULL_FINE_TUNING, LINEAR
+from .dcnv4 import DCNv4, DCNv4Config, DeformablePointLayer
+from .deepla import DeepLAHead, DeepLAHeadConfig
+from .lora import LoraOptions
+from .pcsa import PCSA, PCSAConfig
+from .registry import ATTACH_POINTS, FULL, HEAD, HEAD_ONLY, LORA, PARALLEL, MethodSpec, Registry, help_text
 
-from torch import nn
-
-from pointgst.errors import UnknownNameError
-
-from .dcnv4 import DeformablePointLayer
-from .deepla import DeepLAHead
-from .pcsa import PCSA
-
-
-@dataclass(frozen=True)
-class ParallelModuleSpec:
-    """How to build a parallel module for width ``dim`` from a config, and which geometry it consumes."""
-
-    build: Callable[[int, Any], nn.Module]
-    geometry: str  # "basis" | "centers"
+METHODS = Registry([
+    pcsa.METHOD,
+    dcnv4.METHOD,
+    deepla.METHOD,
+    lora.METHOD,
+    LINEAR,
+    FULL_FINE_TUNING,
+])
 
 
-PARALLEL_MODULES: dict[str, ParallelModuleSpec] = {
-    "pcsa": ParallelModuleSpec(lambda dim, config: PCSA(dim, rank=config.rank), "basis"),
-    "dcnv4": ParallelModuleSpec(lambda dim, config: DeformablePointLayer(
-        dim, hidden=config.rank, groups=config.dcnv4_groups, num_points=config.dcnv4_points), "centers"),
-}
+def list_methods() -> list[str]:
+    """Every method name ``pointgst.wrap`` accepts, combinations (``pcsa+deepla_head``) included."""
+    return METHODS.names()
 
 
-#: head modules: name -> factory(in_dim, num_classes, config), called as module(point_tokens (B,G,C), centers)
-HEAD_MODULES: dict[str, Callable[[int, int, Any], nn.Module]] = {
-    "deepla_head": lambda dim, classes, config: DeepLAHead(
-        dim, classes, width=config.head_width, depths=tuple(config.head_depths), k=config.head_k,
-        hybrid=config.hybrid_supervision),
-}
-
-
-def parallel_module_spec(method: str) -> ParallelModuleSpec:
-    """The registered parallel module ``method``."""
-    if method not in PARALLEL_MODULES:
-        raise UnknownNameError(f"unknown tuning method {method!r}; choose one of {sorted(PARALLEL_MODULES)}")
-    return PARALLEL_MODULES[method]
-
-
-__all__ = ["HEAD_MODULES", "PARALLEL_MODULES", "PCSA", "DeepLAHead", "DeformablePointLayer", "ParallelModuleSpec",
-           "parallel_module_spec"]
+__all__ = ["ATTACH_POINTS", "DCNv4", "DCNv4Config", "DeepLAHead", "DeepLAHeadConfig", "DeformablePointLayer", "FULL",
+           "HEAD", "HEAD_ONLY", "LORA", "LoraOptions", "METHODS", "MethodSpec", "PARALLEL", "PCSA", "PCSAConfig",
+           "Registry", "help_text", "list_methods"]

@@ -1,12 +1,16 @@
-"""What every backbone offers (design contract 1): grouping, tokens, hookable blocks, a head."""
+"""What every backbone offers (``docs/design.md``, "Backbones"): grouping into a token geometry, tokens, blocks whose
+residual branches a tuner can reach, a head."""
 
 import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
-from pointgst.validation import check_point_cloud
+from pointgst.errors import PointCloudError
+from pointgst.geometry import TokenGeometry
+from pointgst.validation import check_int, check_point_cloud
 
 from .checkpoint import FOLDER_FORMAT, LoadReport, write_weights_folder
 from .grouping import PatchGrouper
@@ -17,11 +21,12 @@ class PointBackbone(nn.Module):
     """Base class of the point-cloud transformers.
 
     Subclasses set ``group_divider`` (a :class:`PatchGrouper`), implement :meth:`forward_tokens` and :meth:`pool`, and
-    keep their transformer blocks in :attr:`transformer_blocks`, each exposing the residual branches
-    ``attn_branch`` and ``ffn_branch`` (:class:`~pointgst.backbones.layers.Handle`); the cls token and
-    position are read through the ``special_tokens`` handle, and the final tokens reach the head through the
-    ``classify`` handle (``classify(tokens, centers) -> logits``), which a head method (DeepLA) can take over. After every forward, :attr:`token_centers`
-    holds the centres (B, G, 3) of the point tokens in token order.
+    keep their transformer blocks in :attr:`transformer_blocks`. A forward makes one :class:`TokenGeometry` at the
+    grouping step and passes it to every block (``block(x, geometry)``) and to the head: each block exposes its
+    residual branches as handles ``attn_branch(x, geometry)`` and ``ffn_branch(x, geometry)``
+    (:class:`~pointgst.backbones.layers.Handle`), the cls token and position are read through the ``special_tokens``
+    handle, and the final tokens reach the head through the ``classify(tokens, geometry) -> logits`` handle, so a
+    tuner can add to a branch, swap the tokens or take over the head without copying a line of the backbone.
     """
 
     architecture: str = ""
@@ -31,6 +36,8 @@ class PointBackbone(nn.Module):
     #: the linear layers of the transformer blocks, for LoRA (a regex over module names)
     lora_targets: str = ""
     num_special_tokens: int = 0
+    #: state-dict key prefixes of weights the classification forward never uses (kept for checkpoint compatibility)
+    unused_in_forward: tuple[str, ...] = ()
     group_divider: PatchGrouper
     cls_token: nn.Parameter
     cls_pos: nn.Parameter
@@ -38,10 +45,9 @@ class PointBackbone(nn.Module):
     def __init__(self, arch_config: dict[str, Any]):
         super().__init__()
         self.arch_config = dict(arch_config)
-        self.token_centers: Tensor | None = None
         self.name_or_path: str | None = None  # what create_backbone was given; recorded in peft adapter configs
         self.load_report: LoadReport | None = None  # what loading pretrained weights did
-        self.tuning_method: str | None = None  # "linear" / "full" after set_tuning
+        self.tuning_method: str | None = None  # "full" after full fine-tuning (wrap(..., method="full"))
         self.special_tokens = Handle(self._special_tokens)
         self.classify = Handle(self._classify)
 
@@ -70,15 +76,23 @@ class PointBackbone(nn.Module):
     def transformer_blocks(self) -> list[nn.Module]:
         raise NotImplementedError
 
-    def group(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """Validate ``points`` (B, N, 3) and split them into patches: (neighborhood (B,G,K,3), centers (B,G,3))."""
-        check_point_cloud(points, min_points=self.group_divider.min_points)
-        neighborhood, centers = self.group_divider(points)
-        self.token_centers = centers
-        return neighborhood, centers
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
 
-    def forward_tokens(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        """points (B, N, 3) -> (final tokens (B, T, C) after the last norm, special tokens first; centres (B, G, 3))."""
+    def group(self, points: Tensor) -> tuple[Tensor, Tensor]:
+        """Check ``points`` (B, N, 3) (other float dtypes are cast to the model's) and split them into patches:
+        (neighborhood (B, G, K, 3), centers (B, G, 3))."""
+        check_point_cloud(points, min_points=self.group_divider.min_points)
+        if points.shape[0] == 0:
+            raise PointCloudError("points is an empty batch (B=0); pass at least one cloud")
+        if self.training and points.shape[0] < 2:
+            raise PointCloudError("training mode needs at least 2 clouds per batch (the head's BatchNorm normalises "
+                                  "over the batch); use a batch size >= 2, or call model.eval() for inference")
+        return self.group_divider(points.to(self.dtype))
+
+    def forward_tokens(self, points: Tensor) -> tuple[Tensor, TokenGeometry]:
+        """points (B, N, 3) -> (final tokens (B, T, C) after the last norm, special tokens first; their geometry)."""
         raise NotImplementedError
 
     def pool(self, tokens: Tensor) -> Tensor:
@@ -93,7 +107,7 @@ class PointBackbone(nn.Module):
         """features (B, 2C) -> logits (B, num_classes)."""
         return self.get_classifier()(features)
 
-    def _classify(self, tokens: Tensor, centers: Tensor) -> Tensor:
+    def _classify(self, tokens: Tensor, geometry: TokenGeometry) -> Tensor:
         return self.forward_head(self.pool(tokens))
 
     def forward(self, points: Tensor) -> Tensor:
@@ -105,8 +119,7 @@ class PointBackbone(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head by a freshly initialised one with ``num_classes`` outputs."""
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_int("num_classes", num_classes, 1)
         parent_name, _, attr = self.classifier_name.rpartition(".")
         parent = self.get_submodule(parent_name) if parent_name else self
         old = getattr(parent, attr)
@@ -114,32 +127,24 @@ class PointBackbone(nn.Module):
         setattr(parent, attr, new.to(device=old[0].weight.device, dtype=old[0].weight.dtype))
         self.arch_config["num_classes"] = num_classes
 
-    def set_tuning(self, method: str) -> "PointBackbone":
-        """Baselines without adapters: ``"linear"`` trains the head modules only, ``"full"`` everything."""
-        if method not in ("linear", "full"):
-            raise ValueError(f"set_tuning takes 'linear' or 'full', got {method!r}")
-        for name, param in self.named_parameters():
-            param.requires_grad_(method == "full" or name.startswith(self._head_prefixes))
-        self.tuning_method = method
-        return self
-
     @property
-    def _head_prefixes(self) -> tuple[str, ...]:
+    def head_prefixes(self) -> tuple[str, ...]:
+        """State-dict key prefixes of the head modules (``cls_head_finetune.``, PointGPT's ``blocks.cls_norm.``)."""
         return tuple(m + "." for m in self.head_modules)
 
-    def save_pretrained(self, out_dir: str | os.PathLike, *, overwrite: bool = True) -> Path:
-        """Write a weights folder that ``pointgst.load_adapter(out_dir)`` restores: every weight after ``"full"``
-        tuning (also loadable with ``create_backbone(arch, pretrained=out_dir)``), only the head modules after
-        ``"linear"`` tuning, with the backbone they sit on recorded as ``base``."""
-        method = self.tuning_method or "full"
-        state = self.state_dict()
-        if method == "linear":
-            state = {k: v for k, v in state.items() if k.startswith(self._head_prefixes)}
-        grouping = {k: self.arch_config[k] for k in ("num_group", "group_size", "skip_near_origin")}
+    @property
+    def grouping_options(self) -> dict[str, Any]:
+        """The options a saved model must record to rebuild this backbone's token geometry."""
+        return {k: self.arch_config[k] for k in ("num_group", "group_size", "skip_near_origin")}
+
+    def save_pretrained(self, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write every weight into a weights folder (``model.safetensors`` + ``config.json``) that
+        ``pointgst.load_adapter(out_dir)`` and ``create_backbone(arch, pretrained=out_dir)`` restore: the result of
+        full fine-tuning. A folder holding files pointgst did not write needs ``overwrite=True``, and even then
+        only pointgst's own files are replaced."""
         config = {"format": FOLDER_FORMAT, "architecture": self.architecture, "num_classes": self.num_classes,
-                  "tuning_method": method, "base": self.name_or_path if method == "linear" else None,
-                  "backbone_options": grouping}
-        return write_weights_folder(state, out_dir, config, overwrite=overwrite)
+                  "tuning_method": self.tuning_method or "full", "backbone_options": self.grouping_options}
+        return write_weights_folder(self.state_dict(), out_dir, config, overwrite=overwrite)
 
     def init_weights(self) -> None:
         """The official from-scratch initialisation (only used without pretrained weights)."""

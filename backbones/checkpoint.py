@@ -16,19 +16,17 @@ import json
 import os
 import pickle
 import re
-import shutil
-import tempfile
 import zipfile
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from pointgst.atomic import ordinary_mode
+from pointgst.atomic import write_folder
 from pointgst.errors import CheckpointError, UnsafeCheckpointError
+from pointgst.version import __version__
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -83,18 +81,36 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if not _is_pickle(path):
+            raise _corrupt(path, err) from None
         raise UnsafeCheckpointError(
             f"refused to load {path}: its pickle holds objects other than tensors and plain containers, and "
             "pointgst never executes code from a checkpoint (torch.load weights_only=True). If the file comes "
             "from a source you trust, re-save only its state dict (torch.save(sd, 'clean.pth')) in a separate "
-            f"session and convert that.\n  detail: {str(err).splitlines()[0]}") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({err.__class__.__name__}: "
-                              f"{str(err).splitlines()[0] if str(err) else ''}); the file is corrupt or "
-                              "truncated: download it again") from err
+            f"session and convert that. ({_first_line(err)})") from None
+    except Exception as err:  # torch.load fails in many ways on a file that is not a checkpoint (KeyError, ...)
+        raise _corrupt(path, err) from None
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return dict(obj)
+
+
+def _is_pickle(path: Path) -> bool:
+    """Whether ``path`` is a torch zip archive or a pickle (protocol 2 to 5), as opposed to other bytes."""
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    return head.startswith(b"PK\x03\x04") or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line for line in lines if "Unsupported global" in line), lines[0] if lines else "")
+    return f"{type(err).__name__}: {detail[:200]}"
+
+
+def _corrupt(path: Path, err: BaseException) -> CheckpointError:
+    return CheckpointError(f"{path} is not a readable PyTorch checkpoint ({_first_line(err)}); the file is corrupt, "
+                           "truncated or of another kind: download or write it again")
 
 
 def unwrap_state_dict(obj: Mapping[str, Any], source: str = "checkpoint") -> dict[str, Tensor]:
@@ -210,38 +226,16 @@ def _check_strict(report: LoadReport, model: nn.Module, state: Mapping[str, Tens
             "(the official, non-strict behaviour); the report lists everything skipped.")
 
 
-@contextmanager
-def atomic_folder(out_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``out_dir`` to fill; on success it replaces ``out_dir`` in one rename, on
-    error it is removed and ``out_dir`` is untouched. An existing non-empty ``out_dir`` needs ``overwrite``."""
-    out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty; choose another folder or pass overwrite=True "
-                              "(--overwrite)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    ordinary_mode(tmp, directory=True)  # mkdtemp makes an owner-only folder
-    try:
-        yield tmp
-        if out.exists():
-            backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-            out.rename(backup / out.name)
-            tmp.rename(out)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def write_weights_folder(state: Mapping[str, Tensor], out_dir: str | os.PathLike, config: Mapping[str, Any], *,
                          overwrite: bool = False) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` atomically."""
+    """Write ``model.safetensors`` + ``config.json`` into ``out_dir`` safely (:func:`pointgst.atomic.write_folder`:
+    atomic, and never touching files pointgst did not write)."""
     from safetensors.torch import save_file
 
-    with atomic_folder(out_dir, overwrite=overwrite) as tmp:
+    def fill(tmp: Path) -> dict[str, Any]:
         tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
-    return Path(out_dir)
+        return {"format": FOLDER_FORMAT, "pointgst_version": __version__}
+
+    return write_folder(out_dir, fill, overwrite=overwrite)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from pointgst import __version__
+from pointgst.version import __version__
 
 from .checkpoint import (FOLDER_FORMAT, LoadReport, detect_architecture, fit_state_dict, head_classes,
                          write_weights_folder)

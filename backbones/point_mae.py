@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pointgst.geometry import TokenGeometry
+
 from .base import PointBackbone
 from .grouping import PatchGrouper
 from .layers import DropPath, PatchEncoder, Handle, classification_head
@@ -42,10 +44,11 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LN ViT block: ``x + attn_branch(x)``, then ``x + ffn_branch(x)``.
+    """Pre-LN ViT block: ``x + attn_branch(x, geometry)``, then ``x + ffn_branch(x, geometry)``.
 
-    ``attn_branch(x) = DropPath(Attn(LN1(x)))`` and ``ffn_branch(x) = DropPath(MLP(LN2(x)))`` are
-    :class:`Handle` handles, so a tuner can add a module in parallel to either branch.
+    ``attn_branch = DropPath(Attn(LN1(x)))`` and ``ffn_branch = DropPath(MLP(LN2(x)))`` are :class:`Handle` handles
+    (the geometry is not used by the branches themselves), so a tuner can add a module in parallel to either branch.
+    (B, T, C) -> (B, T, C).
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
@@ -58,28 +61,28 @@ class Block(nn.Module):
         self.attn_branch = Handle(self._attention)
         self.ffn_branch = Handle(self._feed_forward)
 
-    def _attention(self, x: Tensor) -> Tensor:
+    def _attention(self, x: Tensor, geometry: TokenGeometry | None = None) -> Tensor:
         return self.drop_path(self.attn(self.norm1(x)))
 
-    def _feed_forward(self, x: Tensor) -> Tensor:
+    def _feed_forward(self, x: Tensor, geometry: TokenGeometry | None = None) -> Tensor:
         return self.drop_path(self.mlp(self.norm2(x)))
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn_branch(x)
-        return x + self.ffn_branch(x)
+    def forward(self, x: Tensor, geometry: TokenGeometry | None = None) -> Tensor:
+        x = x + self.attn_branch(x, geometry)
+        return x + self.ffn_branch(x, geometry)
 
 
 class TransformerEncoder(nn.Module):
-    """``depth`` blocks; the positional embedding is re-added before every block: ``x = block(x + pos)``."""
+    """``depth`` blocks; the positional embedding is re-added before every block: ``x = block(x + pos, geometry)``."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, drop_path_rate: float):
         super().__init__()
         rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(Block(dim, num_heads, drop_path=rate) for rate in rates)
 
-    def forward(self, x: Tensor, pos: Tensor) -> Tensor:
+    def forward(self, x: Tensor, pos: Tensor, geometry: TokenGeometry | None = None) -> Tensor:
         for block in self.blocks:
-            x = block(x + pos)
+            x = block(x + pos, geometry)
         return x
 
 
@@ -118,14 +121,15 @@ class PointMAE(PointBackbone):
     def transformer_blocks(self) -> list[nn.Module]:
         return list(self.blocks.blocks)
 
-    def forward_tokens(self, points: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_tokens(self, points: Tensor) -> tuple[Tensor, TokenGeometry]:
         neighborhood, centers = self.group(points)
+        geometry = TokenGeometry(centers, self.num_special_tokens)
         tokens = self.encoder(neighborhood)  # (B, G, C)
         b = tokens.shape[0]
         cls_token, cls_pos = self.special_tokens()
         x = torch.cat([cls_token.expand(b, -1, -1), tokens], dim=1)
         pos = torch.cat([cls_pos.expand(b, -1, -1), self.pos_embed(centers)], dim=1)
-        return self.norm(self.blocks(x, pos)), centers
+        return self.norm(self.blocks(x, pos, geometry)), geometry
 
     def pool(self, tokens: Tensor) -> Tensor:
         return torch.cat([tokens[:, 0], tokens[:, 1:].max(dim=1).values], dim=-1)

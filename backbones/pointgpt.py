@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from pointgst.geometry import TokenGeometry
 from pointgst.losses import chamfer_l1, chamfer_l2
 
 from .base import PointBackbone
@@ -53,8 +54,8 @@ class SinePositionEmbedding(nn.Module):
 
 class GPTBlock(nn.Module):
     """PointGPT's block: ``x = LN1(x)`` (the residual stream is replaced by its normalisation), then
-    ``x + attn_branch(x)`` with causal multi-head attention, then ``x + ffn_branch(x)`` with
-    ``ffn_branch(x) = MLP(LN2(x))``. (B, T, C) -> (B, T, C)."""
+    ``x + attn_branch(x, geometry)`` with causal multi-head attention, then ``x + ffn_branch(x, geometry)`` with
+    ``ffn_branch = MLP(LN2(x))`` (handles, as in Point-MAE's block). (B, T, C) -> (B, T, C)."""
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -65,18 +66,18 @@ class GPTBlock(nn.Module):
         self.attn_branch = Handle(self._attention)
         self.ffn_branch = Handle(self._feed_forward)
 
-    def _attention(self, x: Tensor) -> Tensor:
+    def _attention(self, x: Tensor, geometry: TokenGeometry | None = None) -> Tensor:
         t = x.shape[1]
         causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), diagonal=1)
         return self.attn(x, x, x, attn_mask=causal, need_weights=False)[0]
 
-    def _feed_forward(self, x: Tensor) -> Tensor:
+    def _feed_forward(self, x: Tensor, geometry: TokenGeometry | None = None) -> Tensor:
         return self.mlp(self.ln_2(x))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, geometry: TokenGeometry | None = None) -> Tensor:
         x = self.ln_1(x)
-        x = x + self.attn_branch(x)
-        return x + self.ffn_branch(x)
+        x = x + self.attn_branch(x, geometry)
+        return x + self.ffn_branch(x, geometry)
 
 
 class GPTStack(nn.Module):
@@ -91,10 +92,10 @@ class GPTStack(nn.Module):
         self.increase_dim = nn.Sequential(nn.Conv1d(dim, 3 * POINTS_PER_PATCH, 1))
         nn.init.normal_(self.sos)
 
-    def run_layers(self, h: Tensor, pos: Tensor) -> Tensor:
+    def run_layers(self, h: Tensor, pos: Tensor, geometry: TokenGeometry | None = None) -> Tensor:
         """h, pos (B, T, C) -> ln_f(layers(h)) (B, T, C)."""
         for layer in self.layers:
-            h = layer(h + pos)
+            h = layer(h + pos, geometry)
         return self.ln_f(h)
 
 
@@ -121,6 +122,7 @@ class PointGPT(PointBackbone):
     head_modules = ("blocks.cls_head_finetune", "blocks.cls_norm")
     lora_targets = r"blocks\.layers\.\d+\.(attn|mlp\.0|mlp\.2)"  # attn: the packed nn.MultiheadAttention
     num_special_tokens = 2
+    unused_in_forward = ("blocks.increase_dim.", "generator_blocks.", "norm.")
 
     def __init__(self, size: str = "pointgpt_s", num_classes: int = 40, *, num_group: int = 64,
                  group_size: int = 32, with_generator: bool = True, skip_near_origin: bool = False):
@@ -149,20 +151,21 @@ class PointGPT(PointBackbone):
     def transformer_blocks(self) -> list[nn.Module]:
         return list(self.blocks.layers)
 
-    def _extract(self, points: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """points -> (ln_f output (B, L+2, C) for [sos, cls, t_1..t_L], neighborhood, centers)."""
+    def _extract(self, points: Tensor) -> tuple[Tensor, Tensor, TokenGeometry]:
+        """points -> (ln_f output (B, L+2, C) for [sos, cls, t_1..t_L], neighborhood, geometry)."""
         neighborhood, centers = self.group(points)
+        geometry = TokenGeometry(centers, self.num_special_tokens)
         tokens = self.encoder(neighborhood)
         b = tokens.shape[0]
         cls_token, cls_pos = self.special_tokens()
         h = torch.cat([self.blocks.sos.expand(b, 1, -1), cls_token.expand(b, -1, -1), tokens], dim=1)
         pos = torch.cat([cls_pos.expand(b, -1, -1), self.sos_pos.expand(b, -1, -1),
                          self.pos_embed(centers)], dim=1)
-        return self.blocks.run_layers(h, pos), neighborhood, centers
+        return self.blocks.run_layers(h, pos, geometry), neighborhood, geometry
 
-    def forward_tokens(self, points: Tensor) -> tuple[Tensor, Tensor]:
-        h, _, centers = self._extract(points)
-        return h, centers
+    def forward_tokens(self, points: Tensor) -> tuple[Tensor, TokenGeometry]:
+        h, _, geometry = self._extract(points)
+        return h, geometry
 
     def pool(self, tokens: Tensor) -> Tensor:
         """``cls_norm``, then [cls output (position 1), max over point tokens]."""
@@ -179,8 +182,9 @@ class PointGPT(PointBackbone):
         if self.generator_blocks is None:
             raise ValueError("this PointGPT was built with with_generator=False; create it with "
                              "with_generator=True to use the generation branch")
-        h, neighborhood, centers = self._extract(points)
-        logits = self.classify(h, centers)
+        h, neighborhood, geometry = self._extract(points)
+        logits = self.classify(h, geometry)
+        centers = geometry.centers
         enc = torch.cat([h[:, :1], h[:, 2:-1]], dim=1)  # (B, L, C)
         steps = centers[:, 1:] - centers[:, :-1]
         directions = steps / steps.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -7,16 +7,17 @@ from importlib import import_module
 from typing import Any
 
 from pointgst import _peft_hook
-
-__version__ = "0.1.0"
+from pointgst.version import __version__
 
 _LAZY = {
     "create_backbone": "pointgst.backbones",
     "list_backbones": "pointgst.backbones",
     "convert_checkpoint": "pointgst.converting",
     "wrap": "pointgst.wrapping",
-    "load_adapter": "pointgst.wrapping",
+    "load_adapter": "pointgst.loading",
+    "list_methods": "pointgst.adapters",
     "parameter_report": "pointgst.report",
+    "TokenGeometry": "pointgst.geometry",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

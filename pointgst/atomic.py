@@ -1,9 +1,22 @@
-"""Atomic file writes: nothing a user keeps is ever half-written or lost to an interrupted write."""
+"""Atomic writes: nothing a user keeps is ever half-written, replaced by accident, or lost to an interrupted write.
 
+- :func:`write_atomic`: one file, through a temporary file renamed into place.
+- :func:`write_folder`: a folder of files (an adapter, a weights folder). Written into a temporary folder first; a new
+  folder then appears in one rename, and into an existing folder only pointgst's own files are moved, one atomic
+  rename each. A manifest (``pointgst.json``) lists the files a save wrote, so the next save into the same folder
+  knows which files are its own: it replaces those and removes the ones it no longer writes, and it never touches
+  (or, without ``overwrite=True``, even writes beside) a file it did not write.
+"""
+
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+MANIFEST = "pointgst.json"
+_SAVE_PREFIX = ".pointgst-save-"
 
 
 def ordinary_mode(path: str | Path, *, directory: bool = False) -> None:
@@ -32,3 +45,82 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
 def write_text_atomic(path: str | Path, text: str) -> None:
     """:func:`write_atomic` of a text file."""
     write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def remove_stale_temporaries(folder: Path, name: str) -> None:
+    """Remove the temporary files :func:`write_atomic` leaves beside ``folder / name`` when its process is killed
+    mid-write (call it only where no other process can be writing: e.g. in a locked run folder)."""
+    for stale in folder.glob(f".{name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The manifest of a folder written by :func:`write_folder`, or ``{}`` (none, or unreadable)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def write_folder(out_dir: str | os.PathLike, fill: Callable[[Path], dict[str, Any]], *,
+                 overwrite: bool = False) -> Path:
+    """Write a folder of files safely: ``fill(tmp)`` writes them into a temporary folder and returns what the
+    manifest records besides the file list.
+
+    - ``out_dir`` absent: the temporary folder (beside it) is renamed to ``out_dir`` in one step.
+    - ``out_dir`` a folder: its files from an earlier pointgst save (listed in its manifest) are replaced, those
+      the new save does not write are removed, and any other file is kept. A folder holding files pointgst did not
+      write needs ``overwrite=True`` (they are kept even then; only same-named files are replaced).
+    - ``out_dir`` a file: refused.
+    On any error ``out_dir`` is left as it was.
+    """
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file, not a folder; choose a folder path to save into (the file is kept)")
+    existing = out.is_dir()
+    previous = set(read_manifest(out).get("files", [])) if existing else set()
+    if existing:
+        for stale in out.glob(f"{_SAVE_PREFIX}*"):  # left by a save that was killed
+            shutil.rmtree(stale, ignore_errors=True)
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in previous | {MANIFEST})
+        if foreign and not overwrite:
+            shown = ", ".join(foreign[:5]) + (f", ... ({len(foreign)} in all)" if len(foreign) > 5 else "")
+            raise FileExistsError(f"{out} holds files pointgst did not write ({shown}); save into a new or empty "
+                                  "folder, or pass overwrite=True (--overwrite) to write pointgst's files beside "
+                                  "them (the others are kept)")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=_SAVE_PREFIX if existing else f".{out.name}.",
+                                dir=out if existing else out.parent))
+    try:
+        record = fill(tmp)
+        files = sorted(p.name for p in tmp.iterdir())
+        (tmp / MANIFEST).write_text(json.dumps({**record, "files": files}, indent=2, sort_keys=True) + "\n")
+        for path in [tmp, *tmp.rglob("*")]:
+            ordinary_mode(path, directory=path.is_dir())
+        if not existing:
+            tmp.rename(out)
+            return out
+        for name in files + [MANIFEST]:
+            _move_into(tmp / name, out / name, trash=tmp)
+        for name in previous - set(files) - {MANIFEST}:
+            _remove(out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _move_into(source: Path, target: Path, *, trash: Path) -> None:
+    """Move ``source`` onto ``target``: a file in one atomic rename; a folder replaces an earlier one (moved into
+    ``trash`` first, since a rename cannot replace a non-empty folder)."""
+    if source.is_dir() and target.is_dir():
+        target.rename(trash / f"{_SAVE_PREFIX}old-{target.name}")
+    os.replace(source, target)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -19,18 +19,17 @@ def _params(args: argparse.Namespace) -> None:
     import torch
 
     import pointgst
+    from pointgst.adapters import list_methods
     from pointgst.backbones.factory import ARCHITECTURES, parse_name
-    from pointgst.wrapping import METHODS
 
     arch, _ = parse_name(args.name)
-    methods = METHODS if args.method == "all" else args.method.split(",")
+    methods = list_methods() if args.method == "all" else args.method.split(",")
     options = {k: v for k, v in (("preset", args.preset), ("placement", args.placement)) if v}
     reports = []
     for method in methods:
         with torch.device("meta"):  # counts need no memory and no weights
             backbone = ARCHITECTURES[arch](num_classes=args.num_classes)
-            model = pointgst.wrap(backbone, method=method, **(options if method not in ("lora", "linear", "full")
-                                                              else {}))
+            model = pointgst.wrap(backbone, method=method, **(options if method not in ("lora", "full") else {}))
         reports.append(pointgst.parameter_report(model))
     if len(reports) == 1:
         print(reports[0])
@@ -139,6 +138,25 @@ def _data_convert(args: argparse.Namespace) -> None:
     print(f"wrote {out}")
 
 
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointgst", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -192,8 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("eval", help="test accuracy of a run's best epoch (optionally with voting)")
     evaluate.add_argument("run_dir")
-    evaluate.add_argument("--vote", type=int, help="average the logits of N augmented passes")
-    evaluate.add_argument("--repeats", type=int, help="voting runs, reported as mean ± std")
+    evaluate.add_argument("--vote", type=_count, help="average the logits of N augmented passes (0: no voting)")
+    evaluate.add_argument("--repeats", type=_positive, help="voting runs, reported as mean ± std")
     evaluate.add_argument("--best-of", action="store_true",
                           help="also report the best of the voting runs (the official, optimistic number)")
     evaluate.add_argument("--device", choices=["cpu", "cuda"])
@@ -215,9 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from pointgst.errors import RunError
+
     try:
         args.run(args)
-    except (ValueError, FileExistsError, FileNotFoundError) as err:
+    except (ValueError, OSError, RunError) as err:
         print(f"pointgst {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -1,27 +1,77 @@
-"""``pointgst convert``: any official checkpoint -> pointgst folders, reading the file once."""
+"""``pointgst convert``: an official checkpoint -> pointgst folders, reading the file once.
+
+A backbone checkpoint (Point-MAE / ACT / ReCon / PointGPT, pretraining or fine-tuned) becomes a weights folder; an
+official PointGST fine-tuned checkpoint (``{"base_model": state_dict}`` with ``gft_adapter`` keys) becomes
+``OUT/backbone`` + ``OUT/adapter`` with the ``official`` preset (``docs/checkpoints.md``, "PointGST fine-tuned").
+"""
 
 import logging
 import os
+import re
 from pathlib import Path
+
+from torch import Tensor
+
+from pointgst.atomic import write_folder
+from pointgst.backbones.checkpoint import (FOLDER_FORMAT, detect_architecture, fit_state_dict, head_classes,
+                                           write_weights_folder)
+from pointgst.backbones.convert import convert_backbone_state
+from pointgst.backbones.factory import ARCHITECTURES, read_official_state
+from pointgst.errors import CheckpointError
+from pointgst.tuner.keys import is_adapter_tensor, official_name
+from pointgst.wrapping import wrap
+
+_OFFICIAL_ADAPTER_KEY = re.compile(r"^blocks\.(?:blocks|layers)\.\d+\.gft_adapter\.")
+BACKBONE_DIR, ADAPTER_DIR = "backbone", "adapter"
 
 
 def convert_checkpoint(file: str | os.PathLike, out_dir: str | os.PathLike, *, architecture: str | None = None,
                        overwrite: bool = False) -> Path:
-    """Convert an official checkpoint (``.pth`` or torch-pointcloud ``model.safetensors``).
-
-    A backbone checkpoint (Point-MAE / ACT / ReCon / PointGPT, pretraining or fine-tuned) becomes a weights
-    folder for ``create_backbone(arch, pretrained=out_dir)``; a PointGST fine-tuned checkpoint becomes
-    ``out_dir/backbone`` + ``out_dir/adapter`` for ``load_adapter(out_dir / "adapter")``. Nothing is written
-    unless the whole conversion succeeds; an existing non-empty ``out_dir`` needs ``overwrite=True``.
-    """
-    from pointgst.backbones.convert import convert_backbone_state
-    from pointgst.backbones.factory import read_official_state
-
+    """Convert an official checkpoint (``.pth`` or torch-pointcloud ``model.safetensors``) into ``out_dir``: a
+    weights folder for ``create_backbone(arch, pretrained=out_dir)``, or for a PointGST fine-tuned checkpoint
+    ``out_dir/backbone`` + ``out_dir/adapter`` for ``load_adapter(out_dir / "adapter")``. Nothing is written unless
+    the whole conversion succeeds; a folder holding other files needs ``overwrite=True`` (they are kept)."""
     file = Path(file)
     state = read_official_state(file, architecture)
-    if any(".gft_adapter." in key for key in state):
-        from pointgst.tuner.official import convert_pointgst_state
+    if any(_OFFICIAL_ADAPTER_KEY.match(key) for key in state):
         return convert_pointgst_state(state, file, out_dir, architecture=architecture, overwrite=overwrite)
     out, report = convert_backbone_state(state, file, out_dir, architecture=architecture, overwrite=overwrite)
     logging.getLogger("pointgst").info("%s", report)
     return out
+
+
+def convert_pointgst_state(state: dict[str, Tensor], file: Path, out_dir: str | os.PathLike, *,
+                           architecture: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``out_dir/backbone`` (weights folder) and ``out_dir/adapter`` (peft adapter, ``official`` preset) from
+    the state of an official PointGST fine-tuned checkpoint ``file``.
+
+    The frozen weights (whose encoder BatchNorm statistics drifted during official training) go to the backbone
+    folder; the adapters, the cls token and position, the head (and PointGPT's ``cls_norm``) and the BatchNorm
+    statistics go to the adapter, which rebuilds the official graphs (``distance="cdist"``, batch ``d_min``, ``U x``).
+    """
+    adapters = {k: v for k, v in state.items() if _OFFICIAL_ADAPTER_KEY.match(k)}
+    backbone_state = {k: v for k, v in state.items() if k not in adapters}
+    arch = architecture or detect_architecture(backbone_state)
+    backbone = ARCHITECTURES[arch](num_classes=head_classes(backbone_state) or 40, skip_near_origin=True)
+    fit_state_dict(backbone, backbone_state, strict=True, source=str(file))
+    clean_state = {k: v.clone() for k, v in backbone.state_dict().items()}
+    backbone.name_or_path = f"../{BACKBONE_DIR}"
+    model = wrap(backbone, preset="official")
+    targets = {official_name(k): k for k in model.state_dict() if is_adapter_tensor(k) and ".gft_adapter." in
+               official_name(k)}
+    unknown = sorted(set(adapters) - set(targets))
+    if unknown or len(adapters) != len(targets) or any(model.state_dict()[targets[k]].shape != v.shape
+                                                       for k, v in adapters.items()):
+        rank = model.peft_config["default"].method_configs()["pcsa"].rank
+        raise CheckpointError(f"{file}: the adapters do not fit {arch} with PCSA rank {rank} ({len(adapters)} adapter "
+                              f"tensors for {len(targets)} expected; unknown: {unknown[:3]})")
+    model.load_state_dict({targets[k]: v for k, v in adapters.items()}, strict=False)
+
+    def fill(tmp: Path) -> dict:
+        write_weights_folder(clean_state, tmp / BACKBONE_DIR,
+                             {"format": FOLDER_FORMAT, "architecture": arch, "num_classes": backbone.num_classes,
+                              "source_file": file.name, "note": "frozen weights of a PointGST fine-tuned checkpoint"})
+        model.save_pretrained(tmp / ADAPTER_DIR)
+        return {"format": "pointgst-converted-pointgst", "source_file": file.name}
+
+    return write_folder(out_dir, fill, overwrite=overwrite)

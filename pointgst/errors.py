@@ -1,4 +1,5 @@
-"""Exception types. Every one is a ``ValueError`` so callers can catch bad input uniformly."""
+"""Exception types. Bad input raises a ``ValueError`` (every class here but :class:`RunError`), so callers can catch
+it uniformly; a run that cannot go on raises a :class:`RunError`."""
 
 
 class PointCloudError(ValueError):
@@ -19,3 +20,7 @@ class UnknownNameError(ValueError):
 
 class WeightsNotAvailableError(CheckpointError):
     """Pretrained weights cannot be fetched automatically (or not offline)."""
+
+
+class RunError(RuntimeError):
+    """A training run cannot go on: its folder is in use by another process, or its loss became NaN."""

@@ -5,6 +5,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from pointgst.tuner.keys import is_backbone_copy, part_of
+from pointgst.tuner.peft_model import method_name
+
 #: the PointGST paper's trainable-parameter figures (README / paper table), by (architecture, method)
 PAPER_FIGURES = {
     ("point_mae", "pcsa"): "0.6M trainable (2.77% of 22.1M)",
@@ -47,36 +50,19 @@ class ParameterReport:
         return "\n".join(lines)
 
 
-def _part(name: str) -> str:
-    """The reported part of a trainable parameter name of a peft-wrapped or plain backbone."""
-    name = name.removeprefix("base_model.model.")
-    if ".modules_to_save." in name:
-        return name.split(".modules_to_save.")[0]
-    if name.startswith("special_tokens.pointgst_module."):
-        return "cls token + cls position"
-    if ".pointgst_module." in name:
-        branch = name.split(".pointgst_module.")[0].rpartition(".")[2]
-        return "head (replaces the original)" if branch == "classify" else f"adapters on {branch}"
-    if ".lora_" in name:
-        return "lora"
-    return name.split(".")[0]
-
-
 def parameter_report(model: nn.Module) -> ParameterReport:
     """Report a peft-wrapped backbone (or a plain one, where every trainable parameter counts)."""
     backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
     configs = getattr(model, "peft_config", {})
     if configs:
-        config = next(iter(configs.values()))
-        method = getattr(config, "method", str(config.peft_type).split(".")[-1].lower())
+        method = method_name(model.active_peft_config)
     else:
         method = getattr(model, "tuning_method", None) or "full"
     breakdown: dict[str, int] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            part = _part(name)
+            part = part_of(name)
             breakdown[part] = breakdown.get(part, 0) + param.numel()
-    total = sum(p.numel() for name, p in backbone.named_parameters()
-                if "pointgst_module" not in name and ".modules_to_save." not in name and ".lora_" not in name)
+    total = sum(p.numel() for name, p in backbone.named_parameters() if not is_backbone_copy(name))
     return ParameterReport(architecture=getattr(backbone, "architecture", type(backbone).__name__), method=method,
                            trainable=sum(breakdown.values()), backbone_total=total, breakdown=dict(breakdown))

@@ -11,64 +11,81 @@ buffer or parameter, so it is never saved and never trained) that also performs 
 
 Every graph is dense, with the data-dependent inverse-distance weights of the official PointGST code::
 
-    W_ij = d_min / d_ij  (i != j),    W_ii = 1,
+    W_ij = 1 / (d_ij / d_min + [i = j]),   i.e.  W_ij = d_min / d_ij (i != j),  W_ii = 1  for exact distances,
 
 where ``d_min`` is the smallest positive centre distance (per sample or over the whole call, see
 ``SpectralOptions.dmin_scope``). Coincident centres (``d_ij = 0``, ``i != j``), which make the official
 weights infinite, get weight 1: the largest off-diagonal weight, as if they were ``d_min`` apart. A sample
 whose centres all coincide thus gets the complete graph with unit weights and still a finite basis.
+``SpectralOptions.distance="cdist"`` reproduces the official distances, round-off included (:func:`graph_adjacency`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
 
 from pointgst.errors import PointCloudError
 from pointgst.ops import curve_key, gather_points
-from pointgst.validation import check_choice, check_point_cloud
+from pointgst.validation import check_choice, check_int, check_point_cloud
 
 CURVES = ("z_order", "hilbert")
 LAPLACIANS = ("normalized", "combinatorial")
 DMIN_SCOPES = ("sample", "batch")
 GFT_MODES = ("paper", "official_code")
-EIGH_DTYPES = (torch.float32, torch.float64)
+DISTANCES = ("exact", "cdist")
+EIGH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 _DEGREE_EPS = 1e-6  # added to the degrees before rsqrt, as in the official code
 
 
+def _help(text: str) -> dict:
+    return {"help": text}
+
 
 @dataclass(frozen=True)
 class SpectralOptions:
-    """How the graphs and their bases are built.
+    """How the graphs of the token centres and their bases are built; declared once here and reused by every
+    method that works in a graph-spectral domain (its config inherits these fields).
 
-    Defaults are the corrected behaviour; the official PointGST code corresponds to
-    ``dmin_scope="batch"``, ``gft_mode="official_code"`` (quirks Q3 and Q1 of ``docs/pointgst.md``).
+    Defaults are the corrected behaviour; the official PointGST code corresponds to ``dmin_scope="batch"``,
+    ``gft_mode="official_code"``, ``distance="cdist"`` (quirks Q3, Q1 and Q18 of ``docs/official.md``).
     """
 
-    local_size: int = 32
-    """Nodes per local graph (k); the number of centres G must be a multiple of it."""
-    curve: str = "z_order"
-    """Space-filling curve that orders the centres before chunking: "z_order" (official Morton key) or "hilbert"."""
-    laplacian: str = "normalized"
-    """"normalized": L = I - D^-1/2 W D^-1/2 (official HEAD); "combinatorial": L = D - W (first release)."""
-    dmin_scope: str = "sample"
-    """Where d_min is taken: "sample" (per sample; default) or "batch" (one scalar per call, official quirk Q3)."""
-    gft_mode: str = "paper"
-    """"paper": forward transform U^T x (the graph Fourier transform); "official_code": U x (official quirk Q1)."""
-    eigh_dtype: torch.dtype = torch.float32
-    """Precision of the Laplacians and their eigendecomposition: torch.float32 (official) or torch.float64."""
+    local_size: int = field(default=32, metadata=_help(
+        "centres per local graph (k); the number of centres G must be a multiple of it"))
+    curve: str = field(default="z_order", metadata=_help(
+        "space-filling curve that orders the centres before they are cut into local graphs: 'z_order' (the "
+        "official Morton key) or 'hilbert'"))
+    laplacian: str = field(default="normalized", metadata=_help(
+        "'normalized': I - D^-1/2 W D^-1/2 (official); 'combinatorial': D - W (the first official release)"))
+    dmin_scope: str = field(default="sample", metadata=_help(
+        "where d_min is taken: 'sample' (a sample's graph never depends on its batch) or 'batch' (one value over "
+        "the whole call, official)"))
+    gft_mode: str = field(default="paper", metadata=_help(
+        "'paper': forward transform U^T x (the graph Fourier transform); 'official_code': U x (official)"))
+    distance: str = field(default="exact", metadata=_help(
+        "'exact': centre distances from explicit differences, zero self-distance, d_min the smallest distance "
+        "between two centres; 'cdist': torch.cdist and the official formulas op for op, whose round-off on the "
+        "diagonal becomes d_min (official; the round-off differs between CPU and GPU)"))
+    eigh_dtype: str = field(default="float32", metadata=_help(
+        "precision of the Laplacians and their eigendecomposition: 'float32' (official) or 'float64'"))
 
     def __post_init__(self) -> None:
-        if isinstance(self.local_size, bool) or not isinstance(self.local_size, int) or self.local_size < 1:
-            raise ValueError(f"local_size must be a positive int, got {self.local_size!r}")
+        check_int("local_size", self.local_size, 1)
         check_choice("curve", self.curve, CURVES)
         check_choice("laplacian", self.laplacian, LAPLACIANS)
         check_choice("dmin_scope", self.dmin_scope, DMIN_SCOPES)
         check_choice("gft_mode", self.gft_mode, GFT_MODES)
-        check_choice("eigh_dtype", self.eigh_dtype, EIGH_DTYPES)
+        check_choice("distance", self.distance, DISTANCES)
+        check_choice("eigh_dtype", self.eigh_dtype, tuple(EIGH_DTYPES))
+
+    def spectral_options(self) -> "SpectralOptions":
+        """Only the spectral fields (a subclass's extra fields dropped): the key under which bases are cached."""
+        names = [f.name for f in fields(SpectralOptions)]
+        return SpectralOptions(**{name: getattr(self, name) for name in names})
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,7 +172,7 @@ def compute_spectral_basis(centers: Tensor, options: SpectralOptions = SpectralO
 def spectral_basis_unchecked(centers: Tensor, options: SpectralOptions) -> SpectralBasis:
     """:func:`compute_spectral_basis` without its input checks, for centres a backbone sampled from points it
     already checked, with a local size checked at injection (no host sync on every forward)."""
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast(centers.device.type, enabled=False):  # bases stay in float32/64
         order = torch.argsort(curve_key(centers, options.curve), dim=1, stable=True)
         inverse_order = torch.argsort(order, dim=1)
         local_centers = gather_points(centers, order.unflatten(1, (-1, options.local_size)))
@@ -172,19 +189,40 @@ def spectral_basis_unchecked(centers: Tensor, options: SpectralOptions) -> Spect
     )
 
 
-def graph_adjacency(centers: Tensor, dmin_scope: str = "sample") -> Tensor:
-    """Dense adjacency ``(B, M, n, n)`` of ``B`` samples of ``M`` graphs with ``n`` nodes, centres ``(B, M, n, 3)``.
+def pairwise_distances(centers: Tensor, distance: str = "exact") -> Tensor:
+    """Distances ``(B, M, n, n)`` between the centres ``(B, M, n, 3)`` of each graph.
 
-    ``W_ij = d_min / d_ij`` for ``d_ij > 0``; 1 on the diagonal and for coincident centres. ``d_min`` is the
-    smallest positive distance over the M graphs of each sample ("sample") or over the whole tensor ("batch");
-    1 where there is none (all centres coincide: every weight is then 1 anyway).
+    "exact": from explicit coordinate differences, so the diagonal is exactly zero. "cdist": ``torch.cdist`` on the
+    ``(B * M, n, 3)`` stack, as the official code calls it; above 25 points it uses the matrix-product formula
+    (``|x|^2 + |y|^2 - 2 x.y``, clamped, square root), which leaves round-off on the diagonal.
+    """
+    check_choice("distance", distance, DISTANCES)
+    if distance == "exact":
+        return (centers.unsqueeze(-2) - centers.unsqueeze(-3)).square().sum(-1).sqrt()
+    stacked = centers.reshape(-1, *centers.shape[-2:])
+    return torch.cdist(stacked, stacked).reshape(*centers.shape[:-1], centers.shape[-2])
+
+
+def graph_adjacency(centers: Tensor, dmin_scope: str = "sample", distance: str = "exact") -> Tensor:
+    """Dense adjacency ``(B, M, n, n)`` of ``B`` samples of ``M`` graphs with ``n`` nodes, centres ``(B, M, n, 3)``:
+    ``W_ij = 1 / (d_ij / d_min + [i = j])``, with ``d_min`` the smallest positive entry of the distance matrices
+    over the M graphs of each sample ("sample") or over the whole tensor ("batch").
+
+    With exact distances (zero diagonal) this is ``d_min / d_ij`` off the diagonal and 1 on it; coincident centres
+    get weight 1 (as if ``d_min`` apart) instead of the official infinity, and a sample whose centres all coincide
+    (no positive distance) gets unit weights. With ``distance="cdist"`` the official construction is followed op for
+    op: the diagonal round-off takes part in ``d_min`` and in the self-loop weights (quirk Q18).
     """
     check_choice("dmin_scope", dmin_scope, DMIN_SCOPES)
-    dist = (centers.unsqueeze(-2) - centers.unsqueeze(-3)).square().sum(-1).sqrt()
+    dist = pairwise_distances(centers, distance)
     positive = dist > 0
     dims = (1, 2, 3) if dmin_scope == "sample" else (0, 1, 2, 3)
     d_min = torch.where(positive, dist, torch.inf).amin(dim=dims, keepdim=True)
     d_min = torch.where(torch.isinf(d_min), 1.0, d_min)
+    if distance == "cdist":
+        eye = torch.eye(dist.shape[-1], dtype=dist.dtype, device=dist.device)
+        weights = 1 / (dist / d_min + eye)
+        return torch.where(torch.isinf(weights), 1.0, weights)  # coincident centres: finite, as in "exact"
     return torch.where(positive, d_min / torch.where(positive, dist, 1.0), 1.0)
 
 
@@ -209,7 +247,8 @@ def _graph_eigh(centers: Tensor, options: SpectralOptions) -> tuple[Tensor, Tens
     On the CPU the call runs single-threaded: multithreaded LAPACK may pick its thread count by machine load, which
     changes the last bits of the result (and, for near-degenerate eigenvalues, the eigenvectors) from call to call;
     for these small matrices one thread is also the fastest under load."""
-    laplacian = graph_laplacian(graph_adjacency(centers.to(options.eigh_dtype), options.dmin_scope), options.laplacian)
+    adjacency = graph_adjacency(centers.to(EIGH_DTYPES[options.eigh_dtype]), options.dmin_scope, options.distance)
+    laplacian = graph_laplacian(adjacency, options.laplacian)
     if laplacian.device.type != "cpu":
         return torch.linalg.eigh(laplacian)
     threads = torch.get_num_threads()

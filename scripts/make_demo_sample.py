@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pointgst.data.datasets import MODELNET10_CLASSES
+from pointgst.data import MODELNET10_CLASSES
 
 TRAIN_PER_CLASS, TEST_PER_CLASS, SEED = 28, 10, 0
 OUT = Path(__file__).resolve().parents[1] / "pointgst" / "sample_data"

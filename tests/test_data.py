@@ -604,6 +604,7 @@ def test_folder_unequal_counts_need_num_points(tmp_path):
     with pytest.raises(DatasetError, match="different point counts.*num_points=N") as info:
         PointCloudFolder(tmp_path)
     assert str(tmp_path / "a" / "small.npy") in str(info.value)
+    assert "--set data.num_points=N" in str(info.value)  # the recipe key too, for command-line users
     ds = PointCloudFolder(tmp_path, num_points=50)
     assert ds.points.shape == (2, 50, 3)
     up, down = ds[0][0].numpy(), ds[1][0].numpy()
@@ -633,6 +634,50 @@ def test_folder_missing_or_empty(tmp_path):
     (tmp_path / "cls" / "readme.md").write_text("x")
     with pytest.raises(DatasetNotFoundError, match="no point files"):
         PointCloudFolder(tmp_path)
+
+
+def test_folder_empty_class_folder_that_sorts_first_is_an_error(tmp_path):
+    """An empty class folder would take label 0 and shift every other label: it must fail at construction."""
+    (tmp_path / "aaa_empty").mkdir()
+    (tmp_path / "aaa_empty" / "notes.md").write_text("not a cloud")
+    (tmp_path / "aaa_empty" / ".hidden.npy").write_bytes(b"")
+    for cls in ("bowl", "cup"):
+        (tmp_path / cls).mkdir()
+        np.save(tmp_path / cls / "s.npy", np.zeros((8, 3), np.float32))
+    with pytest.raises(DatasetError, match="no point files") as info:
+        PointCloudFolder(tmp_path)
+    message = str(info.value)
+    assert str(tmp_path / "aaa_empty") in message and "remove it or add .npy/.txt/.ply files" in message
+    assert not isinstance(info.value, DatasetNotFoundError)
+    with pytest.raises(DatasetError, match="aaa_empty"):
+        build_dataset({"dataset": "folder", "root": tmp_path, "num_points": 8}, "train")
+    (tmp_path / "aaa_empty" / "notes.md").unlink()
+    (tmp_path / "aaa_empty" / ".hidden.npy").unlink()
+    (tmp_path / "aaa_empty").rmdir()
+    ds = PointCloudFolder(tmp_path)
+    assert ds.class_names == ["bowl", "cup"] and ds.labels.tolist() == [0, 1]
+
+
+def test_folder_empty_class_folder_in_any_split_is_an_error(tmp_path):
+    for split, classes in (("train", ("bowl", "cup")), ("test", ("bowl", "cup"))):
+        for cls in classes:
+            (tmp_path / split / cls).mkdir(parents=True)
+            np.save(tmp_path / split / cls / "s.npy", np.zeros((8, 3), np.float32))
+    (tmp_path / "test" / "aaa").mkdir()  # only in test, empty: would add a class and shift train's labels too
+    (tmp_path / "train" / "cup" / "s.npy").unlink()
+    for split in ("train", "test"):
+        with pytest.raises(DatasetError, match="class folders .*aaa.*cup.* hold no point files") as info:
+            PointCloudFolder(tmp_path, split)
+        assert str(tmp_path / "test" / "aaa") in str(info.value) and str(tmp_path / "train" / "cup") in str(info.value)
+        assert "remove them or add .npy/.txt/.ply files" in str(info.value)
+
+
+def test_build_dataset_folder_passes_num_points(tmp_path):
+    for cls, n in (("a", 20), ("b", 80)):
+        (tmp_path / cls).mkdir()
+        np.save(tmp_path / cls / "s.npy", np.random.default_rng(0).normal(size=(n, 3)).astype(np.float32))
+    ds = build_dataset(SimpleNamespace(dataset="folder", root=tmp_path, num_points=32, format=None), "train")
+    assert isinstance(ds, PointCloudFolder) and ds.num_points == 32 and ds.points.shape == (2, 32, 3)
 
 
 PLY_HEAD = "ply\nformat {fmt} 1.0\nelement vertex 2\nproperty float x\nproperty float y\nproperty float z\nend_header\n"

@@ -1,24 +1,27 @@
 """Datasets in the official formats, batched transforms of the official pipelines, and few-shot episodes.
 
+Modules: ``base`` (:class:`PointCloudDataset`, the item and point-order contract), ``scanobjectnn``, ``modelnet``
+(+ ``modelnet_dat``, the opt-in pickle caches), ``folder`` (your own data), ``build`` (:func:`build_dataset` from a
+recipe's data section), ``splits`` (stratified splits and subsets), ``fewshot``, ``transforms`` and ``readers``
+(file reading and the :class:`DatasetError` family).
+
 ``h5py`` is imported only when an h5 file is read, and nothing here imports scipy.
 """
 
-from pointgst.data.datasets import (
+from pointgst.data.base import PointCloudDataset
+from pointgst.data.build import build_dataset
+from pointgst.data.folder import PointCloudFolder
+from pointgst.data.modelnet import (
     MODELNET10_CLASSES,
     MODELNET40_CLASSES,
-    SCANOBJECTNN_CLASSES,
     ModelNetDatCache,
     ModelNetNormalResampled,
     ModelNetPack,
-    PointCloudDataset,
-    PointCloudFolder,
-    ScanObjectNN,
     UnsafeDatasetError,
-    build_dataset,
     convert_dat_to_npz,
-    stratified_split,
-    stratified_subset,
 )
+from pointgst.data.scanobjectnn import SCANOBJECTNN_CLASSES, ScanObjectNN
+from pointgst.data.splits import stratified_split, stratified_subset
 from pointgst.data.fewshot import EpisodeSubset, few_shot_episode
 from pointgst.data.readers import DatasetError, DatasetNotFoundError
 from pointgst.data.transforms import (

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from pointgst.data.datasets import _as_labels
+from pointgst.data.splits import _as_labels
 
 __all__ = ["few_shot_episode", "EpisodeSubset"]
 

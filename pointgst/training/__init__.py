@@ -1,5 +1,6 @@
-"""Fine-tuning engine: optimizer groups, schedules, checkpoints, evaluation, DDP."""
+"""The training engine: run folders, the training loop, evaluation and voting, optimizer groups, schedules, DDP."""
 
-from .engine import Trainer, evaluate_run, train
+from .evaluate import evaluate_run
+from .trainer import Trainer, TrainingDivergedError, train
 
-__all__ = ["Trainer", "evaluate_run", "train"]
+__all__ = ["Trainer", "TrainingDivergedError", "evaluate_run", "train"]

@@ -29,6 +29,14 @@ class Distributed:
             tensor.copy_(on_device)
         return tensor
 
+    def broadcast_flag(self, value: bool) -> bool:
+        """Rank 0's ``value`` on every process (also a barrier)."""
+        if not self.enabled:
+            return value
+        flag = torch.tensor([int(value)], device=self.device)
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -1,15 +1,25 @@
-"""Accuracy, mean class accuracy, and voting (averaged logits of augmented passes)."""
+"""Accuracy, mean class accuracy, voting (averaged logits of augmented passes), and ``pointgst eval`` of a run."""
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from pointgst.atomic import write_text_atomic
 from pointgst.data.transforms import augment, fps_resample, random_subset
+from pointgst.recipe import Recipe
 
-from .distributed import Distributed
+from .data import build_test_split, make_loader
+from .distributed import Distributed, setup_distributed, teardown_distributed
+from .run_files import BEST_STATE, load_run_file, load_trainable_state, read_run_recipe
+from .seeds import derived_seed
+from .setup import build_model
 
 
 @dataclass
@@ -80,3 +90,52 @@ def _gather(tensor: torch.Tensor, dist: Distributed) -> torch.Tensor:
     out = [torch.zeros_like(padded) for _ in range(dist.world_size)]
     tdist.all_gather(out, padded)
     return torch.cat([o[: int(s)].cpu() for o, s in zip(out, sizes)])
+
+
+def split_scores(model: nn.Module, loader: DataLoader, recipe: Recipe, dist: Distributed, *, vote: int = 0,
+                 seed: int = 0) -> Scores:
+    """:class:`Scores` of a whole split: one deterministic pass, or the average of ``vote`` augmented passes."""
+    data = recipe.data
+    logits, labels = collect_logits(model, loader, dist, npoints=data.npoints, vote=vote, point_all=data.point_all,
+                                    seed=seed)
+    return scores_from(logits, labels, data.num_classes)
+
+
+def vote_results(model: nn.Module, loader: DataLoader, recipe: Recipe, dist: Distributed, *, vote: int,
+                 repeats: int, best_of: bool = False) -> dict[str, Any]:
+    """``repeats`` voting runs of ``vote`` passes each: mean ± std over the runs (and, only when asked, the
+    official best-of-``repeats`` number, labelled as optimistic)."""
+    accs = [split_scores(model, loader, recipe, dist, vote=vote, seed=derived_seed(recipe.train.seed, "vote", r)).acc
+            for r in range(repeats)]
+    out = {"vote_passes": vote, "vote_repeats": repeats, "vote_acc_mean": float(np.mean(accs)),
+           "vote_acc_std": float(np.std(accs))}
+    if best_of:
+        out["vote_acc_best_of_repeats_official_optimistic"] = max(accs)
+    return out
+
+
+def evaluate_run(run_dir: str | Path, *, vote: int | None = None, repeats: int | None = None, best_of: bool = False,
+                 device: str | None = None) -> dict[str, Any]:
+    """Test accuracy of a run's best epoch, optionally with voting; written to ``RUN_DIR/eval.json``."""
+    run_dir = Path(run_dir)
+    for name, value in (("vote", vote), ("repeats", repeats)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if not (run_dir / BEST_STATE).is_file():
+        raise FileNotFoundError(f"{run_dir} holds no {BEST_STATE}: not a pointgst run folder, or no epoch finished")
+    recipe = read_run_recipe(run_dir)
+    best = load_run_file(run_dir / BEST_STATE)
+    dist = setup_distributed(device)
+    model = build_model(recipe).to(dist.device)
+    load_trainable_state(model, best, source=str(run_dir / BEST_STATE))
+    loader = make_loader(build_test_split(recipe), recipe, dist, train=False)
+    scores = split_scores(model, loader, recipe, dist)
+    result = {"run": str(run_dir), "test_acc": scores.acc, "test_macc": scores.macc, "count": scores.count}
+    vote = recipe.eval.vote if vote is None else vote
+    if vote:
+        result.update(vote_results(model, loader, recipe, dist, vote=vote,
+                                   repeats=repeats or recipe.eval.vote_repeats, best_of=best_of))
+    if dist.is_main:
+        write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+    teardown_distributed()
+    return result

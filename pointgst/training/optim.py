@@ -1,26 +1,11 @@
 """AdamW with the official parameter groups, and the learning-rate schedules."""
 
 import math
-import re
 
 import torch
 from torch import nn
 
-_PEFT_WRAPPING = [
-    (re.compile(r"^base_model\.model\."), ""),
-    (re.compile(r"^special_tokens\.pointgst_module\.[^.]+\."), ""),  # trainable copies of cls_token / cls_pos
-    (re.compile(r"\.(ffn|attn)_branch\.pointgst_module\.[^.]+\."), r".gft_adapter."),
-    (re.compile(r"\.modules_to_save\.[^.]+\."), "."),
-]
-
-
-def official_parameter_name(name: str) -> str:
-    """The name a parameter has in the official model (peft wrapping removed), e.g.
-    ``base_model.model.special_tokens.pointgst_module.default.cls_pos`` -> ``cls_pos``."""
-    for pattern, replacement in _PEFT_WRAPPING:
-        name = pattern.sub(replacement, name)
-    return name
-
+from pointgst.tuner.keys import official_name
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """The official two groups (``tools/builder.py``): no weight decay for 1-D parameters, names ending in
@@ -30,7 +15,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        official = official_parameter_name(name)
+        official = official_name(name)
         (no_decay if param.ndim <= 1 or official.endswith(".bias") or "token" in official else decay).append(param)
     return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
 

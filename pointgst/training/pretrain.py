@@ -26,10 +26,14 @@ from torch.utils.data import Dataset
 
 from pointgst.recipe import PRETRAIN_METHOD, Recipe, RecipeError
 
-from .distributed import teardown_distributed
-from .engine import (Trainer, _base_dataset, _peak_memory_mb, backbone_options, build_splits, check_data_root,
-                     derived_seed)
+from pointgst.backbones.point_mae_pretrain import PRETRAIN_ARCHITECTURES, PointMAEPretrain
+from pointgst.converting import convert_checkpoint
+
+from .data import base_dataset, build_splits
 from .run_files import CURVES_PNG, SUMMARY, plot_curves, save_atomic, write_text_atomic
+from .seeds import derived_seed
+from .setup import backbone_options, check_data_root
+from .trainer import Trainer, peak_memory_mb
 
 PRETRAIN_CHECKPOINT, BACKBONE_FOLDER = "pretrain.pth", "backbone"
 MAE_OPTIONS = {"mask_ratio": float, "decoder_depth": int}
@@ -37,7 +41,6 @@ MAE_OPTIONS = {"mask_ratio": float, "decoder_depth": int}
 
 def check_pretrain_recipe(recipe: Recipe) -> None:
     """A pretraining recipe names ``method.name: mae``, a Point-MAE architecture and only known options."""
-    from pointgst.backbones.point_mae_pretrain import PRETRAIN_ARCHITECTURES
 
     if recipe.method.name != PRETRAIN_METHOD:
         raise RecipeError(f"a pretraining recipe has method.name {PRETRAIN_METHOD!r} (masked autoencoding), got "
@@ -63,7 +66,6 @@ def build_pretrain_model(recipe: Recipe) -> nn.Module:
     """The :class:`PointMAEPretrain` model a recipe describes, from scratch, seeded by ``train.seed``. Its layers keep
     PyTorch's default initialisation (only ``mask_token`` is trunc-normal(0.02)); the official pretraining model also
     re-initialises its Linear/Conv1d layers trunc-normal(0.02)."""
-    from pointgst.backbones.point_mae_pretrain import PointMAEPretrain
 
     torch.manual_seed(recipe.train.seed)
     return PointMAEPretrain.for_architecture(recipe.backbone.name, **recipe.method.options,
@@ -82,11 +84,11 @@ class Pretrainer(Trainer):
     def _build_model(self) -> nn.Module:
         return build_pretrain_model(self.recipe)
 
-    def fit(self) -> dict[str, Any]:
+    def _fit(self) -> dict[str, Any]:
         started = time.time()
         for epoch in range(self.start_epoch, self.epochs):
             self.loaders["train"].sampler.set_epoch(epoch)
-            _base_dataset(self.splits["train"]).set_epoch(epoch)
+            base_dataset(self.splits["train"]).set_epoch(epoch)
             train_loss, seconds = self._pretrain_epoch(epoch)
             val_loss = self._validation_loss()
             row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
@@ -102,7 +104,6 @@ class Pretrainer(Trainer):
             self.dist.barrier()
         summary = self._write_outputs(time.time() - started)
         self.dist.barrier()
-        teardown_distributed()
         return summary
 
     def _pretrain_epoch(self, epoch: int) -> tuple[float, float]:
@@ -140,8 +141,6 @@ class Pretrainer(Trainer):
     def _write_outputs(self, seconds: float) -> dict[str, Any]:
         """``pretrain.pth`` (official layout), ``backbone/`` (safetensors) and ``summary.json`` of the last epoch (main
         process; the others return ``{}``)."""
-        from pointgst.converting import convert_checkpoint
-
         if not self.dist.is_main:
             return {}
         rows = self.log.rows
@@ -152,7 +151,7 @@ class Pretrainer(Trainer):
                    "parameters": sum(p.numel() for p in self.model.parameters()),
                    "train_seconds": round(seconds, 1),  # this process only (a resumed run: since the resume)
                    "epoch_seconds_total": round(sum(r["epoch_seconds"] for r in rows), 1),
-                   "peak_memory_mb": round(_peak_memory_mb(self.dist.device), 1)}
+                   "peak_memory_mb": round(peak_memory_mb(self.dist.device), 1)}
         checkpoint = self.run_dir / PRETRAIN_CHECKPOINT
         state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
         save_atomic({"base_model": state, "epoch": rows[-1]["epoch"],

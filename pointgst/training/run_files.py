@@ -1,4 +1,5 @@
-"""What a run writes into its folder: checkpoints (atomically), metrics as JSONL and CSV, the curve plot."""
+"""What a run writes into its folder and reads back: checkpoints (atomically), its recipe, metrics as JSONL and CSV,
+the curve plot."""
 
 import csv
 import json
@@ -9,11 +10,17 @@ import torch
 from torch import nn
 
 from pointgst.atomic import write_atomic, write_text_atomic
+from pointgst.errors import CheckpointError
+from pointgst.recipe import Recipe, load_recipe
+from pointgst.tuner.keys import is_adapter_tensor
 
 CHECKPOINT = "checkpoint-last.pt"
 BEST_STATE = "best-trainable.pt"
 METRICS_JSONL, METRICS_CSV, CURVES_PNG, SUMMARY = "metrics.jsonl", "metrics.csv", "curves.png", "summary.json"
 RECIPE = "recipe.yaml"
+__all__ = ["BEST_STATE", "CHECKPOINT", "CURVES_PNG", "METRICS_CSV", "METRICS_JSONL", "MetricsLog", "RECIPE", "SUMMARY",
+           "load_run_file", "load_trainable_state", "plot_curves", "read_run_recipe", "save_atomic",
+           "trainable_state", "write_text_atomic"]
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -21,23 +28,44 @@ def save_atomic(obj: Any, path: Path) -> None:
     write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
+def load_run_file(path: Path) -> Any:
+    """A file the run wrote with :func:`save_atomic` (tensors and plain containers only)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or overwritten file fails inside torch in many ways
+        detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path} is corrupt or truncated ({detail}); it was not written by a completed "
+                              "pointgst save. Restore it from a backup, or start the run again") from None
+
+
+def read_run_recipe(run_dir: Path) -> Recipe:
+    """The recipe a run folder records (``recipe.yaml``), validated like any recipe file."""
+    path = run_dir / RECIPE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no {RECIPE}: not a pointgst run folder")
+    return load_recipe(path)
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Everything training changes: trainable parameters, the buffers of modules that own trainable parameters
-    (e.g. the head's BatchNorm statistics), and adapter-owned buffers (official BatchNorm drift copies)."""
+    (e.g. the head's BatchNorm statistics), and every tensor of an adapter (frozen cls-token copies, official
+    BatchNorm drift copies)."""
     owners = {name.rpartition(".")[0] for name, p in model.named_parameters() if p.requires_grad}
-    state = {}
-    for key, value in model.state_dict().items():
-        owner = key.rpartition(".")[0]
-        if owner in owners or ".pointgst_module." in key:
-            state[key] = value.detach().clone()
-    return state
+    return {key: value.detach().clone() for key, value in model.state_dict().items()
+            if key.rpartition(".")[0] in owners or is_adapter_tensor(key)}
 
 
-def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    missing = set(state) - set(model.state_dict())
-    if missing:
-        raise ValueError(f"the checkpoint does not fit this model ({len(missing)} unknown keys, e.g. "
-                         f"{sorted(missing)[:3]}); was the recipe changed since the run started?")
+def load_trainable_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str = "the checkpoint") -> None:
+    """Load :func:`trainable_state` back; a key the model does not have is an error (another recipe's model)."""
+    own = model.state_dict()
+    unknown = sorted(set(state) - set(own))
+    misshapen = sorted(k for k in set(state) & set(own) if state[k].shape != own[k].shape)
+    if unknown or misshapen:
+        raise CheckpointError(f"{source} does not fit this model ({len(unknown)} unknown keys, e.g. {unknown[:2]}; "
+                              f"{len(misshapen)} of another shape, e.g. {misshapen[:2]}); it was written by another "
+                              "recipe's model")
     model.load_state_dict(state, strict=False)
 
 

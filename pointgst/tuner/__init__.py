@@ -1,7 +1,9 @@
-"""pointgst's peft method: config, tuner, layers, and its registration in peft's type mappings."""
+"""pointgst's peft tuner: config, layers, the tuner model, the key map, the ``PeftModel`` with pointgst's save and
+load, and the tuner's registration in peft's type mappings."""
 
 from .config import PEFT_TYPE, PointGSTConfig
 from .model import PointGSTModel
+from .peft_model import PointPeftModel
 
 
 def register() -> None:
@@ -16,4 +18,4 @@ def register() -> None:
 
 register()
 
-__all__ = ["PEFT_TYPE", "PointGSTConfig", "PointGSTModel", "register"]
+__all__ = ["PEFT_TYPE", "PointGSTConfig", "PointGSTModel", "PointPeftModel", "register"]

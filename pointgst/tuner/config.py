@@ -1,105 +1,123 @@
-"""``PointGSTConfig``: the peft config of every pointgst tuning method."""
+"""``PointGSTConfig``: the peft config of pointgst's tuner, which attaches any registered method.
+
+The method's own options live in ``options`` and are validated by the method's config dataclass
+(:data:`pointgst.adapters.METHODS`); the fields here are what the tuner itself needs: where parallel modules go,
+what happens to frozen BatchNorm statistics, whether the cls token trains, the preset, and the backbone the adapter
+was trained on. Configs saved by pointgst 0.1.0 (every option a field of its own) are migrated on load.
+"""
+
+from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
-import torch
 from peft import PeftConfig
 
-from pointgst.errors import UnknownNameError
-from pointgst.spectral import SpectralOptions
+from pointgst.adapters import HEAD, HEAD_ONLY, METHODS, PARALLEL
 from pointgst.validation import check_choice
 
 PEFT_TYPE = "POINTGST"
 PLACEMENTS = ("ffn", "ffn+attn")
 BN_STATS = ("frozen", "update")
-EIGH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-#: every official-code quirk of the PointGST repository, switched on at once by ``preset="official"``
-OFFICIAL_PRESET = dict(dmin_scope="batch", gft_mode="official_code", laplacian="normalized", curve="z_order",
-                       bn_stats="update")
-PRESETS = {"official": OFFICIAL_PRESET}
+#: tuner-level settings of ``preset="official"`` (the method's own come from its registry entry)
+OFFICIAL_TUNER_SETTINGS = {"bn_stats": "update"}
+PRESETS = ("official",)
+#: where the methods this tuner applies attach (LoRA is peft's own tuner, full fine-tuning needs none)
+TUNER_ATTACHES = (PARALLEL, HEAD, HEAD_ONLY)
 
+# pointgst 0.1.0 kept every method's options as fields of this config; new name of each, by method
+_V010_OPTIONS = {
+    "pcsa": {"rank": "rank", "local_size": "local_size", "curve": "curve", "laplacian": "laplacian",
+             "dmin_scope": "dmin_scope", "gft_mode": "gft_mode", "eigh_dtype": "eigh_dtype"},
+    "dcnv4": {"rank": "rank", "dcnv4_groups": "groups", "dcnv4_points": "num_points"},
+    "deepla_head": {"head_width": "width", "head_depths": "depths", "head_k": "k",
+                    "hybrid_supervision": "hybrid_supervision"},
+}
+_V010_FIELDS = {old for names in _V010_OPTIONS.values() for old in names}
+
+
+def migrate_v010(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A config dict saved by pointgst 0.1.0 (options as top-level fields) in today's layout; others unchanged."""
+    if "options" in kwargs or not _V010_FIELDS & set(kwargs):
+        return kwargs
+    kwargs = dict(kwargs)
+    old = {name: kwargs.pop(name) for name in _V010_FIELDS if name in kwargs}
+    method = kwargs.get("method", "pcsa")
+    options = {}
+    for part in method.split("+"):
+        for old_name, new_name in _V010_OPTIONS.get(part, {}).items():
+            if old_name in old:
+                options[new_name] = old[old_name]
+    kwargs["options"] = options
+    return kwargs
 
 
 @dataclass
 class PointGSTConfig(PeftConfig):
-    """Configuration of a PointGST adapter (PCSA in every block), as a peft config.
+    """peft config of a pointgst method (``pcsa``, ``dcnv4``, ``deepla_head``, ``linear``, or a parallel module and
+    a head joined by ``+``). ``preset="official"`` fills in every official-code setting the options do not name;
+    options given explicitly win over the preset."""
 
-    Defaults are the paper's settings with the corrected behaviours (see the README's "official behaviour vs.
-    defaults"); ``preset="official"`` reproduces the official code, quirks included.
-    """
-
-    method: str = field(default="pcsa", metadata={
-        "help": "a parallel module ('pcsa' = PointGST, 'dcnv4' = deformable point layer), a head ('deepla_head'), "
-                "or one of each joined by '+' (e.g. 'pcsa+deepla_head')"})
-    rank: int = field(default=36, metadata={"help": "bottleneck width r of the module (PCSA rank, DCNv4 hidden)"})
-    dcnv4_groups: int = field(default=4, metadata={"help": "dcnv4: channel groups"})
-    dcnv4_points: int = field(default=9, metadata={"help": "dcnv4: sampling points per group (K nearest centres)"})
-    head_width: int = field(default=128, metadata={"help": "deepla_head: width of the head's stages"})
-    head_depths: list = field(default_factory=lambda: [2, 2], metadata={
-        "help": "deepla_head: ResLFE iterations per stage (each further stage halves the tokens)"})
-    head_k: int = field(default=16, metadata={"help": "deepla_head: neighbours per token"})
-    hybrid_supervision: bool = field(default=False, metadata={
-        "help": "deepla_head: per-stage semantic and spatial losses during training (weights decay over training)"})
+    method: str = field(default="pcsa", metadata={"help": "the tuning method (pointgst.adapters.list_methods())"})
+    options: dict = field(default_factory=dict, metadata={
+        "help": "the method's options (fields of its config dataclass, e.g. rank=16)"})
     placement: str = field(default="ffn", metadata={
-        "help": "'ffn': parallel to the FFN sublayer of every block (the paper); 'ffn+attn': also parallel to the "
-                "attention sublayer (a deviation from the paper)"})
-    local_size: int = field(default=32, metadata={"help": "centres per local graph (k)"})
-    curve: str = field(default="z_order", metadata={"help": "space-filling curve of the local graphs: "
-                                                            "'z_order' (official key) or 'hilbert'"})
-    laplacian: str = field(default="normalized", metadata={"help": "'normalized' (official HEAD) or 'combinatorial'"})
-    dmin_scope: str = field(default="sample", metadata={
-        "help": "'sample': d_min per sample (a sample's basis never depends on its batch); 'batch': official"})
-    gft_mode: str = field(default="paper", metadata={
-        "help": "'paper': forward transform U^T x (the graph Fourier transform); 'official_code': U x"})
-    eigh_dtype: str = field(default="float32", metadata={"help": "'float32' or 'float64' eigendecomposition"})
-    bn_stats: str = field(default="frozen", metadata={
+        "help": "parallel modules: 'ffn' beside the FFN branch of every block (the paper), or 'ffn+attn' beside "
+                "the attention branch too (a deviation from the paper)"})
+    bn_stats: Optional[str] = field(default=None, metadata={
         "help": "'frozen': frozen BatchNorm layers stay in eval mode while training; 'update': their statistics "
-                "follow the data as in the official code, and are saved with the adapter"})
-    train_cls_tokens: bool = field(default=True, metadata={"help": "train the cls token and its position"})
-    preset: Optional[str] = field(default=None, metadata={"help": "'official': every official-code quirk"})
+                "follow the data as in the official code, and are saved with the adapter (default 'frozen', "
+                "'update' with the official preset)"})
+    train_cls_tokens: Optional[bool] = field(default=None, metadata={
+        "help": "train the cls token and position (default: as the method does, e.g. pcsa yes, deepla_head no)"})
+    preset: Optional[str] = field(default=None, metadata={"help": "'official': every official-code behaviour"})
+    backbone_options: Optional[dict] = field(default=None, metadata={
+        "help": "architecture, number of classes and grouping of the backbone the adapter was trained on "
+                "(recorded at injection), to rebuild the same backbone when loading"})
     target_modules: Optional[Union[list[str], str]] = field(default=None, metadata={
         "help": "module names to adapt; derived from the backbone when None"})
     exclude_modules: Optional[Union[list[str], str]] = field(default=None)
     modules_to_save: Optional[list[str]] = field(default=None, metadata={
-        "help": "modules trained and saved whole; the backbone's head modules when None"})
+        "help": "modules trained and saved whole; the backbone's head modules when None (none for a head method)"})
     target_parameters: Optional[list[str]] = field(default=None)
     layers_to_transform: Optional[Union[list[int], int]] = field(default=None)
     layers_pattern: Optional[Union[list[str], str]] = field(default=None)
     bias: str = field(default="none")
-    backbone_options: Optional[dict] = field(default=None, metadata={
-        "help": "architecture, number of classes and grouping options of the backbone the adapter was trained on "
-                "(recorded at injection), used to rebuild the same backbone when loading"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PEFT_TYPE
+        specs = METHODS.parts(self.method)
+        if any(spec.attaches not in TUNER_ATTACHES for spec in specs):
+            raise ValueError(f"method {self.method!r} is not applied by pointgst's tuner; use pointgst.wrap")
         if self.preset is not None:
-            check_choice("preset", self.preset, tuple(PRESETS))
-            for key, value in PRESETS[self.preset].items():
-                setattr(self, key, value)
-        self.method_parts()  # validates the method
+            check_choice("preset", self.preset, PRESETS)
+            for spec in specs:
+                for key, value in spec.official_options.items():
+                    self.options.setdefault(key, value)
+            for key, value in OFFICIAL_TUNER_SETTINGS.items():
+                if getattr(self, key) is None:
+                    setattr(self, key, value)
+        self.bn_stats = self.bn_stats or "frozen"
+        if self.train_cls_tokens is None:
+            self.train_cls_tokens = any(spec.trains_cls_tokens for spec in specs)
         check_choice("placement", self.placement, PLACEMENTS)
         check_choice("bn_stats", self.bn_stats, BN_STATS)
-        check_choice("eigh_dtype", self.eigh_dtype, tuple(EIGH_DTYPES))
-        if not isinstance(self.rank, int) or self.rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
-        self.spectral_options()  # validates the spectral fields
+        self.method_configs()  # validates the options
 
-    def method_parts(self) -> tuple[Optional[str], Optional[str]]:
-        """``(parallel module or None, head module or None)`` of ``method``."""
-        from pointgst.adapters import HEAD_MODULES, PARALLEL_MODULES
+    @classmethod
+    def check_kwargs(cls, **kwargs: Any) -> dict[str, Any]:
+        """Called by ``from_pretrained`` on the saved fields: migrate a 0.1.0 config."""
+        return migrate_v010(super().check_kwargs(**kwargs))
 
-        parts = self.method.split("+")
-        parallel = [p for p in parts if p in PARALLEL_MODULES]
-        head = [p for p in parts if p in HEAD_MODULES]
-        if len(parallel) > 1 or len(head) > 1 or len(parallel) + len(head) != len(parts):
-            choices = sorted(PARALLEL_MODULES) + sorted(HEAD_MODULES)
-            raise UnknownNameError(f"unknown method {self.method!r}: use one of {choices}, or one parallel module "
-                                   "and one head joined by '+' (e.g. 'pcsa+deepla_head')")
-        return (parallel[0] if parallel else None), (head[0] if head else None)
+    def method_configs(self) -> dict[str, Any]:
+        """Method name -> its validated config dataclass, for each part of ``method``."""
+        return METHODS.configs(self.method, self.options)
 
-    def spectral_options(self) -> SpectralOptions:
-        return SpectralOptions(local_size=self.local_size, curve=self.curve, laplacian=self.laplacian,
-                               dmin_scope=self.dmin_scope, gft_mode=self.gft_mode,
-                               eigh_dtype=EIGH_DTYPES[self.eigh_dtype])
+    def part(self, attaches: str) -> tuple[Any, Any] | tuple[None, None]:
+        """``(spec, config)`` of the part of ``method`` that attaches at ``attaches``, or ``(None, None)``."""
+        configs = self.method_configs()
+        for spec in METHODS.parts(self.method):
+            if spec.attaches == attaches:
+                return spec, configs[spec.name]
+        return None, None

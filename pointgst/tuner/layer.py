@@ -1,4 +1,8 @@
-"""Tuner layers: what wraps a backbone handle or module for one or several named adapters."""
+"""Tuner layers: what wraps a backbone handle or module for one or several named adapters.
+
+Every layer keeps its per-adapter modules in ``pointgst_module`` (a ``ModuleDict`` keyed by adapter name), which peft
+saves whole (trainable or not), so whatever an adapter's output depends on travels with it.
+"""
 
 import copy
 from typing import Any
@@ -6,14 +10,12 @@ from typing import Any
 from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import Tensor, nn
 
-from pointgst.spectral import SpectralOptions
-
-from .context import SpectralContext
+from pointgst.geometry import TokenGeometry
 
 
 class PointGSTLayer(BaseTunerLayer):
-    """Common base: per-adapter modules live in ``pointgst_module`` (a ``ModuleDict`` keyed by adapter name).
-    The tuner activates adapters after injection (``set_adapter``), which also sets ``requires_grad``."""
+    """Common base. The tuner activates adapters after injection (``set_adapter``), which sets ``requires_grad``;
+    an adapter whose module must not train lists it in ``frozen_peft_weight_names``."""
 
     adapter_layer_names = ("pointgst_module",)
 
@@ -24,6 +26,11 @@ class PointGSTLayer(BaseTunerLayer):
         self._active_adapter = []
         self.merged_adapters = []
         self._disable_adapters = False
+
+    def _add(self, adapter_name: str, module: nn.Module, *, trainable: bool = True) -> None:
+        self.pointgst_module[adapter_name] = module
+        if not trainable:
+            self.frozen_peft_weight_names[adapter_name] = ("pointgst_module",)
 
     def _get_base_layer_device_and_dtype(self, base_layer: nn.Module):
         # handles and containers have no .weight: use any parameter of the wrapped module, if it has one
@@ -37,38 +44,24 @@ class PointGSTLayer(BaseTunerLayer):
 
 
 class ParallelAdapterLayer(nn.Module, PointGSTLayer):
-    """Wraps a residual branch handle: ``branch(x) + Σ_active adapter(x, geometry)``. x: (B, T, C).
+    """Wraps a residual branch handle: ``branch(x, geometry) + Σ_active module(x, geometry)``; x (B, T, C)."""
 
-    ``geometry`` is what each adapter consumes (see :mod:`pointgst.adapters`): the shared spectral basis of the
-    token centres (computed once per forward) or the centres themselves."""
-
-    other_param_names = ("pointgst_geometry", "pointgst_options")
-
-    def __init__(self, base_layer: nn.Module, context: SpectralContext):
+    def __init__(self, base_layer: nn.Module):
         super().__init__()
         self._init_layer(base_layer)
-        self.context = context
-        self.pointgst_geometry: dict[str, str] = {}
-        self.pointgst_options: dict[str, SpectralOptions] = {}
 
-    def update_layer(self, adapter_name: str, module: nn.Module, geometry: str, options: SpectralOptions) -> None:
-        self.pointgst_module[adapter_name] = module
-        self.pointgst_geometry[adapter_name] = geometry
-        self.pointgst_options[adapter_name] = options
+    def update_layer(self, adapter_name: str, module: nn.Module) -> None:
+        self._add(adapter_name, module)
 
-    def forward(self, x: Tensor, *args: Any) -> Tensor:
-        out = self.base_layer(x, *args)
-        for name, module in self._active_modules():
-            if self.pointgst_geometry[name] == "basis":
-                geometry = self.context.basis(self.pointgst_options[name])
-            else:
-                geometry = self.context.centers
+    def forward(self, x: Tensor, geometry: TokenGeometry) -> Tensor:
+        out = self.base_layer(x, geometry)
+        for _, module in self._active_modules():
             out = out + module(x, geometry)
         return out
 
 
 class TrainableTokens(nn.Module):
-    """Per-adapter copies of the backbone's cls token and cls position, each (1, 1, C)."""
+    """One adapter's copies of the backbone's cls token and cls position, each (1, 1, C)."""
 
     def __init__(self, cls_token: Tensor, cls_pos: Tensor):
         super().__init__()
@@ -77,15 +70,17 @@ class TrainableTokens(nn.Module):
 
 
 class SpecialTokensLayer(nn.Module, PointGSTLayer):
-    """Wraps the backbone's ``special_tokens`` handle and returns the active adapter's trainable copies."""
+    """Wraps the backbone's ``special_tokens`` handle: each adapter owns copies of the cls token and position (trained
+    or frozen, as its method says) and the active adapter's copies are used. The copies are saved with the adapter,
+    so a reloaded model never depends on tokens drawn at random when its backbone was built."""
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()
         self._init_layer(base_layer)
 
-    def update_layer(self, adapter_name: str) -> None:
+    def update_layer(self, adapter_name: str, *, trainable: bool) -> None:
         cls_token, cls_pos = self.base_layer()
-        self.pointgst_module[adapter_name] = TrainableTokens(cls_token, cls_pos)
+        self._add(adapter_name, TrainableTokens(cls_token, cls_pos), trainable=trainable)
 
     def forward(self) -> tuple[Tensor, Tensor]:
         active = self._active_modules()
@@ -99,21 +94,21 @@ class SpecialTokensLayer(nn.Module, PointGSTLayer):
 
 
 class HeadLayer(nn.Module, PointGSTLayer):
-    """Wraps the backbone's ``classify`` handle: the active adapter's head module classifies the final point tokens
-    (B, G, C) and their centres instead of the original head."""
+    """Wraps the backbone's ``classify`` handle: the active adapter's head module classifies the final tokens
+    (B, T, C) with their geometry instead of the original head."""
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()
         self._init_layer(base_layer)
 
     def update_layer(self, adapter_name: str, module: nn.Module) -> None:
-        self.pointgst_module[adapter_name] = module
+        self._add(adapter_name, module)
 
-    def forward(self, tokens: Tensor, centers: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, geometry: TokenGeometry) -> Tensor:
         active = self._active_modules()
         if not active:
-            return self.base_layer(tokens, centers)
-        return active[-1][1](tokens[:, -centers.shape[1]:], centers)
+            return self.base_layer(tokens, geometry)
+        return active[-1][1](tokens, geometry)
 
 
 class NormStatsLayer(nn.Module, PointGSTLayer):
@@ -125,9 +120,8 @@ class NormStatsLayer(nn.Module, PointGSTLayer):
         self._init_layer(base_layer)
 
     def update_layer(self, adapter_name: str) -> None:
-        self.pointgst_module[adapter_name] = copy.deepcopy(self.base_layer).requires_grad_(False)
-        self.frozen_peft_weight_names[adapter_name] = ("pointgst_module",)
+        self._add(adapter_name, copy.deepcopy(self.base_layer).requires_grad_(False), trainable=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *args: Any) -> Tensor:
         active = self._active_modules()
         return active[-1][1](x) if active else self.base_layer(x)

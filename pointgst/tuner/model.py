@@ -1,4 +1,4 @@
-"""``PointGSTModel``: the peft tuner that injects pointgst's tunable modules into a backbone."""
+"""``PointGSTModel``: the peft tuner that attaches pointgst's methods to a backbone (``docs/design.md``, "Tuner")."""
 
 from typing import Optional
 
@@ -6,70 +6,62 @@ from peft.tuners.tuners_utils import BaseTuner
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
-from pointgst.adapters import HEAD_MODULES, parallel_module_spec
+from pointgst.adapters import HEAD, PARALLEL
 
 from .config import PointGSTConfig
-from .context import SpectralContext
 from .layer import HeadLayer, NormStatsLayer, ParallelAdapterLayer, PointGSTLayer, SpecialTokensLayer
 
-BRANCH_SUFFIXES = {"ffn": ("ffn_branch",), "ffn+attn": ("ffn_branch", "attn_branch")}
+BRANCHES = {"ffn": ("ffn_branch",), "ffn+attn": ("ffn_branch", "attn_branch")}
 SPECIAL_TOKENS = "special_tokens"
 CLASSIFY = "classify"
-GROUPING_OPTIONS = ("num_group", "group_size", "skip_near_origin")
 
 
 def default_target_modules(model: nn.Module, config: PointGSTConfig) -> list[str]:
-    """Names of the handles and modules a config adapts in ``model`` (a pointgst backbone)."""
-    parallel, head = config.method_parts()
-    names = []
-    if parallel:
+    """Names of the handles and modules a config adapts in ``model`` (a pointgst backbone): the branches of every
+    transformer block for a parallel method, the ``classify`` handle for a head method, always the cls tokens (each
+    adapter owns copies), and with ``bn_stats="update"`` every frozen BatchNorm outside the head."""
+    names = [SPECIAL_TOKENS]
+    if config.part(PARALLEL)[0] is not None:
         blocks = {id(block) for block in model.transformer_blocks}  # the extractor's blocks, not a generator's
         names += [f"{name}.{branch}" for name, module in model.named_modules() if id(module) in blocks
-                  for branch in BRANCH_SUFFIXES[config.placement]]
-        if config.train_cls_tokens:
-            names.append(SPECIAL_TOKENS)
-    if head:
+                  for branch in BRANCHES[config.placement]]
+    if config.part(HEAD)[0] is not None:
         names.append(CLASSIFY)
     if config.bn_stats == "update":
         names += [name for name, module in model.named_modules()
-                  if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith(model.head_modules)]
+                  if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith(model.head_prefixes)]
     return names
 
 
 class PointGSTModel(BaseTuner):
-    """Injects parallel adapters into the residual branches of every block, trainable cls-token copies, and
-    (official BN drift) per-adapter BatchNorm copies; computes the spectral bases once per forward through a
-    hook on the backbone's grouping module and shares them with every adapter."""
+    """Injects a method's parallel modules beside the residual branches of every block or its head module in place of
+    the classification step, per-adapter cls-token copies, and (official BN drift) per-adapter BatchNorm copies.
+    Modules read the token geometry the backbone passes along; the tuner holds no shared state."""
 
     prefix = "pointgst_"
     tuner_layer_cls = PointGSTLayer
     target_module_mapping: dict = {}
-    uses_shared_state = True
 
     def _pre_injection_hook(self, model: nn.Module, config: PointGSTConfig, adapter_name: str) -> None:
-        if not hasattr(model, "group_divider") or not hasattr(model, "transformer_blocks"):
+        if not hasattr(model, "transformer_blocks") or not hasattr(model, SPECIAL_TOKENS):
             raise ValueError(f"{type(model).__name__} is not a pointgst backbone; create one with "
                              "pointgst.create_backbone(name) or pass its name to pointgst.wrap")
-        if "spectral_context" not in self.__dict__:
-            self.spectral_context = SpectralContext()
-            self._centers_hook = model.group_divider.register_forward_hook(
-                lambda module, args, output: self.spectral_context.update(output[1]))
 
     def _prepare_adapter_config(self, peft_config: PointGSTConfig, model_config: dict) -> PointGSTConfig:
-        """Targets, saved modules and grouping options come from the backbone itself (first adapter and
+        """Targets, saved modules and the backbone record come from the backbone itself (first adapter and
         ``add_adapter`` alike)."""
+        spec, options = peft_config.part(PARALLEL)
         groups = self.model.arch_config["num_group"]
-        if peft_config.method_parts()[0] == "pcsa" and groups % peft_config.local_size:
-            raise ValueError(f"PCSA cuts the {groups} token centres into local graphs of local_size="
-                             f"{peft_config.local_size}, which must divide num_group; choose local_size from the "
+        if options is not None and hasattr(options, "local_size") and groups % options.local_size:
+            raise ValueError(f"{spec.name} cuts the {groups} token centres into local graphs of local_size="
+                             f"{options.local_size}, which must divide num_group; choose local_size from the "
                              f"divisors of {groups} or another num_group")
         if peft_config.target_modules is None:
             peft_config.target_modules = default_target_modules(self.model, peft_config)
         if peft_config.modules_to_save is None:  # a head method replaces the head: nothing of the old one trains
-            peft_config.modules_to_save = [] if peft_config.method_parts()[1] else list(self.model.head_modules)
+            peft_config.modules_to_save = [] if peft_config.part(HEAD)[0] else list(self.model.head_modules)
         peft_config.backbone_options = {"architecture": self.model.architecture,
-                                        "num_classes": self.model.num_classes,
-                                        **{key: self.model.arch_config[key] for key in GROUPING_OPTIONS}}
+                                        "num_classes": self.model.num_classes, **self.model.grouping_options}
         return peft_config
 
     @classmethod
@@ -93,16 +85,13 @@ class PointGSTModel(BaseTuner):
         elif isinstance(target, nn.modules.batchnorm._BatchNorm):
             layer = NormStatsLayer(target)
         else:
-            layer = ParallelAdapterLayer(target, self.spectral_context)
+            layer = ParallelAdapterLayer(target)
         reference = next(self.model.parameters())
-        parallel, head = peft_config.method_parts()
-        if isinstance(layer, ParallelAdapterLayer):
-            spec = parallel_module_spec(parallel)
-            module = spec.build(self.model.embed_dim, peft_config).to(reference.device, reference.dtype)
-            layer.update_layer(adapter_name, module, spec.geometry, peft_config.spectral_options())
-        elif isinstance(layer, HeadLayer):
-            module = HEAD_MODULES[head](self.model.embed_dim, self.model.num_classes, peft_config)
-            layer.update_layer(adapter_name, module.to(reference.device, reference.dtype))
+        if isinstance(layer, (ParallelAdapterLayer, HeadLayer)):
+            spec, options = peft_config.part(PARALLEL if isinstance(layer, ParallelAdapterLayer) else HEAD)
+            layer.update_layer(adapter_name, spec.build(self.model, options).to(reference.device, reference.dtype))
+        elif isinstance(layer, SpecialTokensLayer):
+            layer.update_layer(adapter_name, trainable=peft_config.train_cls_tokens)
         else:
             layer.update_layer(adapter_name)
         if layer is not target:
@@ -110,13 +99,13 @@ class PointGSTModel(BaseTuner):
 
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
         # handles own no weights, so peft's weight-copying and device lookup do not apply; adapters are created on
-        # the block's device in _create_and_replace
+        # the backbone's device in _create_and_replace
         setattr(parent, child_name, new_module)
 
     def _check_merge_allowed(self) -> None:
-        raise ValueError("PointGST adapters cannot be merged into the backbone: their output depends on each "
-                         "sample's spectral basis and is nonlinear. Keep the adapter (it is small) or call unload() "
-                         "to get the plain backbone back.")
+        raise ValueError("pointgst adapters cannot be merged into the backbone: a parallel module's output depends "
+                         "on each sample's geometry and is nonlinear, and a head replaces a computation. Keep the "
+                         "adapter (it is small) or call unload() to get the plain backbone back.")
 
     def _unload_and_optionally_merge(self, merge: bool = True, *args, **kwargs) -> nn.Module:
         """Give back the clean backbone: adapters, token copies and trained head copies removed, the original
@@ -128,12 +117,7 @@ class PointGSTModel(BaseTuner):
                 parent_name, _, attr = name.rpartition(".")
                 setattr(self.model.get_submodule(parent_name) if parent_name else self.model, attr,
                         module.original_module)
-        model = super()._unload_and_optionally_merge(merge=False, *args, **kwargs)
-        if "_centers_hook" in self.__dict__:
-            self._centers_hook.remove()
-            del self._centers_hook
-            del self.spectral_context
-        return model
+        return super()._unload_and_optionally_merge(merge=False, *args, **kwargs)
 
     def train(self, mode: bool = True) -> "PointGSTModel":
         """Train mode, except that frozen BatchNorm layers stay in eval mode when every adapter uses
@@ -149,3 +133,7 @@ def keep_frozen_norms_in_eval(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
             module.eval()
+
+
+__all__ = ["BRANCHES", "CLASSIFY", "PointGSTModel", "SPECIAL_TOKENS", "default_target_modules",
+           "keep_frozen_norms_in_eval"]

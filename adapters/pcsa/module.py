@@ -1,11 +1,12 @@
-"""Point Cloud Spectral Adapter (PCSA), the tunable module of PointGST (``docs/pointgst.md`` section 2)."""
+"""Point Cloud Spectral Adapter (PCSA), the tunable module of PointGST (``docs/official.md``, "PCSA")."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from pointgst.spectral import SpectralBasis
+from pointgst.geometry import TokenGeometry
+from pointgst.spectral import SpectralOptions
 
 
 class PCSA(nn.Module):
@@ -18,12 +19,15 @@ class PCSA(nn.Module):
     Args:
         dim: token width d.
         rank: bottleneck width r (36 in every official config).
+        spectral: how the graphs of the token centres and their bases are built (read from the token geometry,
+            which computes each basis once per forward for every adapter that asks for it).
     """
 
-    def __init__(self, dim: int, rank: int = 36) -> None:
+    def __init__(self, dim: int, rank: int = 36, spectral: SpectralOptions = SpectralOptions()) -> None:
         super().__init__()
         self.dim = dim
         self.rank = rank
+        self.spectral = spectral
         self.down = nn.Linear(dim, rank)
         self.up = nn.Linear(rank, dim)
         self.adapt1 = nn.Linear(rank, rank)  # shared by the global and the local branch
@@ -36,12 +40,13 @@ class PCSA(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, x: Tensor, basis: SpectralBasis) -> Tensor:
+    def forward(self, x: Tensor, geometry: TokenGeometry) -> Tensor:
         """(B, T, d) tokens -> (B, T, d) correction.
 
-        The last ``G = basis.num_nodes`` tokens are point tokens; the leading ``T - G`` are special tokens
+        The last ``G = geometry.num_points`` tokens are point tokens; the leading ``T - G`` are special tokens
         (cls, or sos + cls), which only get ``up(SiLU(down(x)))``.
         """
+        basis = geometry.spectral_basis(self.spectral)
         g = basis.num_nodes
         if x.ndim != 3 or x.shape[-1] != self.dim or x.shape[1] < g:
             raise ValueError(
@@ -59,4 +64,4 @@ class PCSA(nn.Module):
         return self.up(a) * self.scale
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, rank={self.rank}, scale={self.scale}"
+        return f"dim={self.dim}, rank={self.rank}, scale={self.scale}, spectral={self.spectral}"

@@ -1,0 +1,50 @@
+"""What a recipe builds before training: checks that fail fast, the wrapped model, the selection protocol."""
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pointgst.backbones.factory import parse_name
+from pointgst.recipe import PRETRAIN_METHOD, Recipe, RecipeError
+from pointgst.wrapping import check_options, wrap
+
+
+def preflight(recipe: Recipe) -> None:
+    """Cheap checks before any work: backbone name, method and its options, data root."""
+    if recipe.method.name == PRETRAIN_METHOD:
+        raise RecipeError(f"method {PRETRAIN_METHOD!r} is masked-autoencoder pretraining: run this recipe with "
+                          "`pointgst pretrain`, not `pointgst train`")
+    parse_name(recipe.backbone.name)
+    check_options(recipe.method.name, recipe.method.options)
+    check_data_root(recipe)
+
+
+def check_data_root(recipe: Recipe) -> None:
+    """``FileNotFoundError`` naming the fix unless ``data.root`` exists."""
+    if not Path(recipe.data.root).exists():
+        raise FileNotFoundError(f"data.root {recipe.data.root!r} does not exist (from {Path.cwd()}); point it at the "
+                                f"{recipe.data.dataset} data with --set data.root=PATH")
+
+
+def backbone_options(recipe: Recipe) -> dict[str, Any]:
+    """The backbone's grouping and (where the recipe sets it) stochastic depth."""
+    options: dict[str, Any] = {"num_group": recipe.backbone.num_group, "group_size": recipe.backbone.group_size}
+    if recipe.backbone.drop_path_rate is not None:
+        options["drop_path_rate"] = recipe.backbone.drop_path_rate
+    return options
+
+
+def build_model(recipe: Recipe) -> nn.Module:
+    """The wrapped backbone a recipe describes. Seeded by ``train.seed``, so a run's randomly initialised parts
+    (a backbone without pretrained weights, fresh adapters) are rebuilt identically for ``pointgst eval``."""
+    torch.manual_seed(recipe.train.seed)
+    return wrap(recipe.backbone.name, method=recipe.method.name, num_classes=recipe.data.num_classes,
+                pretrained=recipe.backbone.pretrained, **backbone_options(recipe), **recipe.method.options)
+
+
+def selection_split(recipe: Recipe) -> str:
+    """``"test"`` with ``train.selection: test`` or the ``official`` preset (the official protocol), else ``"val"``."""
+    official = recipe.method.options.get("preset") == "official"
+    return "test" if recipe.train.selection == "test" or official else "val"

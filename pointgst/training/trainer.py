@@ -1,0 +1,272 @@
+"""The training loop behind ``pointgst train``: one recipe -> one run folder (``docs/design.md``, "Training").
+
+A run folder holds ``recipe.yaml``, ``checkpoint-last.pt`` (written atomically after every epoch: trainable
+state, optimizer, scheduler, RNG states, epoch, best score, metrics history, recipe), ``best-trainable.pt``,
+``adapter/`` (the best epoch's adapter, or weights folder after full fine-tuning), ``metrics.jsonl`` /
+``metrics.csv``, ``curves.png`` and ``summary.json``. Randomness is drawn from generators seeded by (seed, epoch,
+step, sample index), so a resumed run continues exactly as an uninterrupted one, and augmentation does not depend
+on the batch composition or the number of processes. One process at a time trains in a folder (:mod:`.run_dir`).
+"""
+
+import json
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from pointgst.data.transforms import augment, fps_then_random_subset
+from pointgst.errors import RunError
+from pointgst.recipe import Recipe
+from pointgst.report import parameter_report
+from pointgst.tuner.model import PointGSTModel, keep_frozen_norms_in_eval
+
+from .data import base_dataset, build_splits, make_loader
+from .distributed import setup_distributed, teardown_distributed
+from .evaluate import Scores, split_scores, vote_results
+from .optim import build_scheduler, num_epochs, parameter_groups
+from .run_dir import RunLock, prepare_run_dir
+from .run_files import (BEST_STATE, CHECKPOINT, CURVES_PNG, SUMMARY, MetricsLog, load_run_file, load_trainable_state,
+                        plot_curves, save_atomic, trainable_state, write_text_atomic)
+from .seeds import derived_seed, rng_state, set_rng_state
+from .setup import build_model, preflight, selection_split
+
+
+class TrainingDivergedError(RunError):
+    """The loss became NaN or infinite: training stopped before the weights were overwritten."""
+
+
+class Trainer:
+    """Trains a recipe in a run folder (``resume`` continues from ``checkpoint-last.pt``)."""
+
+    def __init__(self, recipe: Recipe, run_dir: str | Path, *, resume: bool = False, device: str | None = None,
+                 progress: bool = True):
+        self._preflight(recipe)
+        self.recipe, self.run_dir, self.progress = recipe, Path(run_dir), progress
+        self.dist = setup_distributed(device)
+        self.lock = RunLock(self.run_dir) if self.dist.is_main else None
+        try:
+            self._setup(resume)
+        except BaseException:
+            self._release()
+            raise
+
+    def _setup(self, resume: bool) -> None:
+        recipe = self.recipe
+        resume = prepare_run_dir(self.run_dir, recipe, resume=resume) if self.dist.is_main else resume
+        resume = self.dist.broadcast_flag(resume)
+        self.splits = self._build_splits()
+        self.model = self._build_model().to(self.dist.device)
+        self.loaders = {name: make_loader(ds, recipe, self.dist, train=(name == "train"))
+                        for name, ds in self.splits.items()}
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, recipe.train.weight_decay), lr=recipe.train.lr,
+                                           betas=(0.9, 0.999), eps=1e-8)
+        self.scheduler, self.schedule_per = build_scheduler(self.optimizer, recipe.train, len(self.loaders["train"]))
+        self.epochs = num_epochs(recipe.train)
+        self.start_epoch, self.best, self.history = 0, None, []
+        self.first_step_loss: float | None = None
+        if resume:
+            self._resume()
+        self.log = MetricsLog(self.run_dir, self.history)
+        self.train_model = self.model
+        if self.dist.enabled:
+            self.train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.dist.device.index] if self.dist.device.type == "cuda" else None)
+
+    # -- setup ------------------------------------------------------------------------------------------------
+    def _preflight(self, recipe: Recipe) -> None:
+        preflight(recipe)
+
+    def _build_splits(self) -> dict[str, Dataset]:
+        return build_splits(self.recipe)
+
+    def _build_model(self) -> nn.Module:
+        return build_model(self.recipe)
+
+    def _resume(self) -> None:
+        state = load_run_file(self.run_dir / CHECKPOINT)
+        load_trainable_state(self.model, state["trainable"], source=str(self.run_dir / CHECKPOINT))
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        self.start_epoch, self.best, self.history = state["epoch"] + 1, state["best"], state["history"]
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        """Train the remaining epochs, then evaluate and save; returns the summary (the lock is released)."""
+        try:
+            return self._fit()
+        finally:
+            self._release()
+
+    def _fit(self) -> dict[str, Any]:
+        started = time.time()
+        for epoch in range(self.start_epoch, self.epochs):
+            self.loaders["train"].sampler.set_epoch(epoch)
+            base_dataset(self.splits["train"]).set_epoch(epoch)  # a fresh point order for every sample
+            train_loss, train_acc, seconds = self._train_epoch(epoch)
+            select = self._scores("select")
+            row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+                   **({"first_step_loss": self.first_step_loss} if epoch == 0 else {}),
+                   "train_acc": train_acc, "select_split": selection_split(self.recipe),
+                   "select_acc": select.acc, "select_macc": select.macc, "select_loss": select.loss,
+                   "epoch_seconds": seconds}
+            if self.schedule_per == "epoch":
+                self.scheduler.step()
+            improved = self.best is None or select.acc > self.best["acc"]
+            if improved:
+                self.best = {"epoch": epoch, "acc": select.acc, "macc": select.macc}
+            if self.dist.is_main:
+                self.log.append(row)
+                if improved:
+                    save_atomic(trainable_state(self.model), self.run_dir / BEST_STATE)
+                self._checkpoint(epoch)
+                plot_curves(self.log.rows, self.run_dir / CURVES_PNG)
+            self.dist.barrier()
+        return self._finish(time.time() - started)
+
+    def _release(self) -> None:
+        teardown_distributed()
+        if self.lock is not None:
+            self.lock.release()
+
+    def _train_epoch(self, epoch: int) -> tuple[float, float, float]:
+        self._set_train_mode()
+        torch.manual_seed(derived_seed(self.recipe.train.seed, "dropout", epoch, self.dist.rank))
+        auxiliary = [m for m in self.model.modules() if hasattr(m, "auxiliary_loss")]
+        loader = self.loaders["train"]
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        start = time.time()
+        bar = self._progress_bar(loader, epoch)
+        for step, (index, points, labels) in enumerate(bar):
+            points, labels = points.to(self.dist.device), labels.to(self.dist.device)
+            points = self._augment(points, index, epoch, step)
+            if epoch == 0 and step == 0:
+                self.first_step_loss = self._probe_loss(points, labels)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.dist.device.type == "cuda"):
+                logits = self.train_model(points)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.recipe.train.label_smoothing)
+            progress = (epoch * len(loader) + step) / (self.epochs * len(loader))
+            for module in auxiliary:  # e.g. DeepLA's hybrid deep supervision (training only)
+                loss = loss + module.auxiliary_loss(labels, progress)
+            self._check_finite(loss, epoch, step)
+            self._optimizer_step(loss)
+            totals += torch.tensor([loss.item() * len(labels), (logits.argmax(1) == labels).sum().item(),
+                                    len(labels)], dtype=torch.float64)
+            bar.set_postfix(loss=f"{loss.item():.3f}", samples_per_s=f"{totals[2] / (time.time() - start):.1f}")
+        self.dist.all_reduce_sum(totals)
+        return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item(), time.time() - start
+
+    def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
+        """Stop the run at the first NaN or infinite loss, before it reaches the weights."""
+        if math.isfinite(loss.item()):
+            return
+        lr = self.optimizer.param_groups[0]["lr"]
+        raise TrainingDivergedError(
+            f"the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: training stopped before updating the "
+            f"weights (learning rate {lr:g}). Likely causes: a learning rate too high (train.lr={self.recipe.train.lr:g}"
+            "), clouds with extreme coordinates, or fp16 overflow. The last saved epoch in the run folder is intact: "
+            "fix the cause and start again, or --resume with the same recipe")
+
+    def _progress_bar(self, loader: DataLoader, epoch: int):
+        """``loader`` wrapped in the epoch's progress bar (main process, unless progress is off)."""
+        from tqdm import tqdm
+
+        return tqdm(loader, desc=f"epoch {epoch + 1}/{self.epochs}", unit="batch",
+                    disable=not (self.progress and self.dist.is_main), leave=False)
+
+    def _optimizer_step(self, loss: torch.Tensor) -> None:
+        """Backward, gradient clipping (``train.grad_clip``), optimiser step and, per step, the schedule."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.recipe.train.grad_clip:
+            nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
+                                     self.recipe.train.grad_clip)
+        self.optimizer.step()
+        if self.schedule_per == "step":
+            self.scheduler.step()
+
+    def _set_train_mode(self) -> None:
+        self.train_model.train()
+        if not isinstance(getattr(self.model, "base_model", None), PointGSTModel):
+            keep_frozen_norms_in_eval(self.model)  # PointGST's tuner does this itself (or, officially, does not)
+
+    @torch.no_grad()
+    def _probe_loss(self, points: torch.Tensor, labels: torch.Tensor) -> float:
+        """Cross-entropy of the first training batch under the initial weights in eval mode (no dropout, no batch
+        statistics), averaged over all processes: it does not depend on how the batch is split across processes
+        (the training-mode loss does, through the trainable head's BatchNorm: CPU has no SyncBatchNorm)."""
+        self.model.eval()
+        totals = torch.tensor([F.cross_entropy(self.model(points).float(), labels, reduction="sum").item(),
+                               len(labels)], dtype=torch.float64)
+        self._set_train_mode()
+        self.dist.all_reduce_sum(totals)
+        return (totals[0] / totals[1]).item()
+
+    def _augment(self, points: torch.Tensor, index: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
+        """Official training input: FPS to ``point_all``, one random ``npoints`` subset shared by the batch (seeded
+        by epoch and step, so every process draws the same), then per-sample augmentation seeded by the sample."""
+        data, seed = self.recipe.data, self.recipe.train.seed
+        subset = torch.Generator().manual_seed(derived_seed(seed, "subset", epoch, step))
+        points = fps_then_random_subset(points, data.npoints, data.point_all, subset)
+        if data.augmentation == "none":
+            return points
+        return torch.cat([augment(points[i:i + 1], data.augmentation,
+                                  torch.Generator().manual_seed(derived_seed(seed, "augment", epoch, int(j))))
+                          for i, j in enumerate(index)])
+
+    def _scores(self, split: str) -> Scores:
+        return split_scores(self.model, self.loaders[split], self.recipe, self.dist)
+
+    def _checkpoint(self, epoch: int) -> None:
+        save_atomic({"epoch": epoch, "trainable": trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
+                     "scheduler": self.scheduler.state_dict(), "rng": rng_state(), "best": self.best,
+                     "history": self.log.rows, "recipe": self.recipe.to_dict()}, self.run_dir / CHECKPOINT)
+
+    # -- the end ----------------------------------------------------------------------------------------------
+    def _finish(self, seconds: float) -> dict[str, Any]:
+        last_test = self._scores("test")
+        load_trainable_state(self.model, load_run_file(self.run_dir / BEST_STATE), source=str(self.run_dir / BEST_STATE))
+        best_test = self._scores("test")
+        summary = {
+            "recipe": self.recipe.name, "selection": selection_split(self.recipe),
+            "best_epoch": self.best["epoch"],
+            "test_acc": best_test.acc, "test_macc": best_test.macc,
+            "test_acc_last_epoch": last_test.acc, "test_macc_last_epoch": last_test.macc,
+            "note": ("model selected on the TEST split (official protocol): test accuracy is optimistic"
+                     if selection_split(self.recipe) == "test" else
+                     "model selected on a validation split held out from the training data"),
+        }
+        if self.recipe.eval.vote:
+            summary.update(vote_results(self.model, self.loaders["test"], self.recipe, self.dist,
+                                        vote=self.recipe.eval.vote, repeats=self.recipe.eval.vote_repeats))
+        report = parameter_report(self.model)
+        summary.update(trainable_parameters=report.trainable, backbone_parameters=report.backbone_total,
+                       train_seconds=round(seconds, 1), peak_memory_mb=round(peak_memory_mb(self.dist.device), 1),
+                       epochs=len(self.log.rows))
+        if self.dist.is_main:
+            write_text_atomic(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
+            save_trained_part(self.model, self.run_dir / "adapter")
+        return summary
+
+
+def save_trained_part(model: nn.Module, folder: Path) -> None:
+    """``model.save_pretrained(folder)``: the adapter, or the weights folder after full fine-tuning. The run folder
+    is the run's own, so a folder left by an earlier pointgst version is replaced too."""
+    model.save_pretrained(folder, overwrite=True)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def train(recipe: Recipe, run_dir: str | Path, **options: Any) -> dict[str, Any]:
+    """Train ``recipe`` into ``run_dir``; returns the summary."""
+    return Trainer(recipe, run_dir, **options).fit()
