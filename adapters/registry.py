@@ -104,7 +104,7 @@ class Registry:
 
     def __getitem__(self, name: str) -> MethodSpec:
         if name not in self._specs:
-            raise UnknownNameError(f"unknown method {name!r}; choose one of {', '.join(self.names())}")
+            raise UnknownNameError(f"unknown method {name!r}; choose one of {', '.join(map(repr, self.names()))}")
         return self._specs[name]
 
     def parts(self, method: str) -> list[MethodSpec]:
@@ -115,7 +115,8 @@ class Registry:
         specs = [self._specs.get(n) for n in names]
         kinds = [s.attaches if s else None for s in specs]
         if None in specs or (len(specs) == 2 and kinds != [PARALLEL, HEAD]) or len(specs) > 2:
-            raise UnknownNameError(f"unknown method {method!r}; choose one of {', '.join(self.names())} (a combination "
+            raise UnknownNameError(f"unknown method {method!r}; choose one of {', '.join(map(repr, self.names()))} "
+                                   "(a combination "
                                    "is one parallel module and one head joined by '+', e.g. 'pcsa+deepla_head')")
         return specs  # type: ignore[return-value]
 

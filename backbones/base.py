@@ -8,9 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pointgst.errors import PointCloudError
 from pointgst.geometry import TokenGeometry
-from pointgst.validation import check_int, check_point_cloud
+from pointgst.validation import check_int, model_input
 
 from .checkpoint import FOLDER_FORMAT, LoadReport, write_weights_folder
 from .grouping import PatchGrouper
@@ -77,19 +76,19 @@ class PointBackbone(nn.Module):
         raise NotImplementedError
 
     @property
+    def lora_target_parameters(self) -> list[str]:
+        """Parameters (not modules) LoRA adapts, for projections that are not ``nn.Linear`` modules."""
+        return []
+
+    @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
 
     def group(self, points: Tensor) -> tuple[Tensor, Tensor]:
         """Check ``points`` (B, N, 3) (other float dtypes are cast to the model's) and split them into patches:
         (neighborhood (B, G, K, 3), centers (B, G, 3))."""
-        check_point_cloud(points, min_points=self.group_divider.min_points)
-        if points.shape[0] == 0:
-            raise PointCloudError("points is an empty batch (B=0); pass at least one cloud")
-        if self.training and points.shape[0] < 2:
-            raise PointCloudError("training mode needs at least 2 clouds per batch (the head's BatchNorm normalises "
-                                  "over the batch); use a batch size >= 2, or call model.eval() for inference")
-        return self.group_divider(points.to(self.dtype))
+        points = model_input(points, min_points=self.group_divider.min_points, dtype=self.dtype, training=self.training)
+        return self.group_divider(points)
 
     def forward_tokens(self, points: Tensor) -> tuple[Tensor, TokenGeometry]:
         """points (B, N, 3) -> (final tokens (B, T, C) after the last norm, special tokens first; their geometry)."""

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 
 from pointgst.losses import chamfer_l2
-from pointgst.validation import check_point_cloud
+from pointgst.validation import model_input
 
 from .grouping import PatchGrouper
 from .layers import PatchEncoder
@@ -93,7 +93,8 @@ class PointMAEPretrain(nn.Module):
 
     def forward(self, points: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """points (B, N, 3) -> Chamfer-L2 reconstruction loss of the hidden patches (scalar)."""
-        check_point_cloud(points, min_points=self.group_divider.min_points)
+        points = model_input(points, min_points=self.group_divider.min_points, dtype=self.mask_token.dtype,
+                             training=self.training)
         neighborhood, centers = self.group_divider(points)
         b, g = centers.shape[:2]
         mask = self.random_mask(b, g, generator, points.device)

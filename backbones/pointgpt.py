@@ -120,7 +120,7 @@ class PointGPT(PointBackbone):
 
     classifier_name = "blocks.cls_head_finetune"
     head_modules = ("blocks.cls_head_finetune", "blocks.cls_norm")
-    lora_targets = r"blocks\.layers\.\d+\.(attn|mlp\.0|mlp\.2)"  # attn: the packed nn.MultiheadAttention
+    lora_targets = r"blocks\.layers\.\d+\.mlp\.(0|2)"
     num_special_tokens = 2
     unused_in_forward = ("blocks.increase_dim.", "generator_blocks.", "norm.")
 
@@ -150,6 +150,14 @@ class PointGPT(PointBackbone):
     @property
     def transformer_blocks(self) -> list[nn.Module]:
         return list(self.blocks.layers)
+
+    @property
+    def lora_target_parameters(self) -> list[str]:
+        """The packed q/k/v projection of every extractor block, adapted as a parameter (peft reparametrises it as
+        ``W + BA``; its LoRA for ``nn.MultiheadAttention`` modules would merge and unmerge the frozen weights around
+        every forward, which changes them by rounding). ``out_proj`` is read as a weight by the attention, not called,
+        so it is not adapted."""
+        return [f"blocks.layers.{i}.attn.in_proj_weight" for i in range(self.depth)]
 
     def _extract(self, points: Tensor) -> tuple[Tensor, Tensor, TokenGeometry]:
         """points -> (ln_f output (B, L+2, C) for [sos, cls, t_1..t_L], neighborhood, geometry)."""

@@ -3,9 +3,10 @@
 - :func:`write_atomic`: one file, through a temporary file renamed into place.
 - :func:`write_folder`: a folder of files (an adapter, a weights folder). Written into a temporary folder first; a new
   folder then appears in one rename, and into an existing folder only pointgst's own files are moved, one atomic
-  rename each. A manifest (``pointgst.json``) lists the files a save wrote, so the next save into the same folder
-  knows which files are its own: it replaces those and removes the ones it no longer writes, and it never touches
-  (or, without ``overwrite=True``, even writes beside) a file it did not write.
+  rename each. A manifest (``pointgst.json``) lists every file pointgst wrote into the folder and what the latest
+  save was, so the next save knows which files are its own: it replaces those (and adds to them, e.g. a second
+  adapter in its subfolder), and it never touches (or, without ``overwrite=True``, even writes beside) a file it did
+  not write.
 """
 
 import json
@@ -69,9 +70,9 @@ def write_folder(out_dir: str | os.PathLike, fill: Callable[[Path], dict[str, An
     manifest records besides the file list.
 
     - ``out_dir`` absent: the temporary folder (beside it) is renamed to ``out_dir`` in one step.
-    - ``out_dir`` a folder: its files from an earlier pointgst save (listed in its manifest) are replaced, those
-      the new save does not write are removed, and any other file is kept. A folder holding files pointgst did not
-      write needs ``overwrite=True`` (they are kept even then; only same-named files are replaced).
+    - ``out_dir`` a folder: files of earlier pointgst saves (listed in its manifest) are replaced where the new save
+      writes them, and any other file is kept. A folder holding files pointgst did not write needs
+      ``overwrite=True`` (they are kept even then; only same-named files are replaced).
     - ``out_dir`` a file: refused.
     On any error ``out_dir`` is left as it was.
     """
@@ -79,7 +80,8 @@ def write_folder(out_dir: str | os.PathLike, fill: Callable[[Path], dict[str, An
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"{out} is a file, not a folder; choose a folder path to save into (the file is kept)")
     existing = out.is_dir()
-    previous = set(read_manifest(out).get("files", [])) if existing else set()
+    manifest = read_manifest(out) if existing else {}
+    previous = set(manifest.get("files", []))
     if existing:
         for stale in out.glob(f"{_SAVE_PREFIX}*"):  # left by a save that was killed
             shutil.rmtree(stale, ignore_errors=True)
@@ -95,17 +97,20 @@ def write_folder(out_dir: str | os.PathLike, fill: Callable[[Path], dict[str, An
                                 dir=out if existing else out.parent))
     try:
         record = fill(tmp)
-        files = sorted(p.name for p in tmp.iterdir())
-        (tmp / MANIFEST).write_text(json.dumps({**record, "files": files}, indent=2, sort_keys=True) + "\n")
+        written = sorted(p.name for p in tmp.iterdir())
+        kept = {name for name in previous if (out / name).exists()}
+        for key, value in record.items():  # the latest save wins, records of earlier saves are merged into
+            manifest[key] = {**manifest[key], **value} if isinstance(value, dict) and isinstance(
+                manifest.get(key), dict) else value
+        manifest["files"] = sorted(kept | set(written))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         for path in [tmp, *tmp.rglob("*")]:
             ordinary_mode(path, directory=path.is_dir())
         if not existing:
             tmp.rename(out)
             return out
-        for name in files + [MANIFEST]:
+        for name in written + [MANIFEST]:
             _move_into(tmp / name, out / name, trash=tmp)
-        for name in previous - set(files) - {MANIFEST}:
-            _remove(out / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -118,9 +123,3 @@ def _move_into(source: Path, target: Path, *, trash: Path) -> None:
         target.rename(trash / f"{_SAVE_PREFIX}old-{target.name}")
     os.replace(source, target)
 
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

@@ -15,7 +15,8 @@ from typing import Any
 from torch import nn
 
 from pointgst.backbones import PointBackbone, create_backbone
-from pointgst.backbones.checkpoint import CONFIG_FILE, read_checkpoint
+from pointgst.atomic import read_manifest
+from pointgst.backbones.checkpoint import CONFIG_FILE, FOLDER_FORMAT, read_checkpoint
 from pointgst.backbones.factory import folder_config, parse_name
 from pointgst.backbones.pretrained import PRETRAINED_CFGS, hub_snapshot
 from pointgst.errors import CheckpointError
@@ -48,7 +49,8 @@ def load_adapter(adapter: str | os.PathLike, backbone_or_name: nn.Module | str |
         architecture and grouping options the folder records (``backbone_kwargs`` override them).
     """
     folder = resolve_adapter_dir(adapter)
-    if (folder / PEFT_CONFIG).is_file():
+    latest = read_manifest(folder).get("format")  # a folder saved into more than once: its latest save counts
+    if (folder / PEFT_CONFIG).is_file() and latest != FOLDER_FORMAT:
         config = _read_peft_config(folder)
         backbone = backbone_or_name
         if isinstance(backbone, nn.Module):

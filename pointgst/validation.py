@@ -44,3 +44,15 @@ def check_point_cloud(points: Tensor, *, min_points: int = 1, name: str = "point
         bad = (~torch.isfinite(points)).any(dim=-1).any(dim=-1).nonzero().flatten().tolist()
         raise PointCloudError(f"{name} contains NaN or inf values (batch items {bad[:8]}); clean or drop those "
                               "clouds before the forward pass")
+
+
+def model_input(points: Tensor, *, min_points: int, dtype: torch.dtype, training: bool) -> Tensor:
+    """``points`` checked for a model (:func:`check_point_cloud`, a non-empty batch, at least 2 clouds in training
+    mode: a BatchNorm normalises over the batch) and cast to the model's floating dtype."""
+    check_point_cloud(points, min_points=min_points)
+    if points.shape[0] == 0:
+        raise PointCloudError("points is an empty batch (B=0); pass at least one cloud")
+    if training and points.shape[0] < 2:
+        raise PointCloudError("training mode needs at least 2 clouds per batch (a BatchNorm normalises over the "
+                              "batch); use a batch size >= 2, or call model.eval() for inference")
+    return points.to(dtype)

@@ -17,6 +17,15 @@ def start_cli(command: str, recipe: str, out: Path, overrides: list[str], *extra
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
+def run_cli_here(args: list[str], capsys) -> tuple[int, str, str]:
+    """``pointgst ARGS`` in this process (fast, for commands that fail before any work): (exit code, stdout, stderr)."""
+    from pointgst.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def finish(process: subprocess.Popen) -> str:
     """Wait for a run; assert it succeeded; its stdout."""
     out, err = process.communicate(timeout=900)

@@ -1,5 +1,5 @@
-"""The official state-dict layouts, written out from the reference tables (backbones.md §1.4, §1.5, §2.3,
-§2.8) independently of the model code, so tests can compare keys and shapes and build official-layout
+"""The official state-dict layouts, written out from the reference tables (docs/checkpoints.md §1, §2, §3.1,
+§3.2) independently of the model code, so tests can compare keys and shapes and build official-layout
 checkpoints."""
 
 

@@ -9,6 +9,7 @@ from pointgst.backbones import PointGPT, PointMAE
 from pointgst.backbones.grouping import nearest_neighbor_chain
 from pointgst.backbones.pointgpt import SinePositionEmbedding
 from pointgst.errors import PointCloudError, UnknownNameError
+from pointgst.geometry import TokenGeometry
 from pointgst.ops import farthest_point_sample, gather_points
 
 from . import official_layout as official
@@ -43,24 +44,36 @@ def test_pointgpt_keys_and_parameter_count(size, entries, total):
 
 @pytest.mark.parametrize("name", ["point_mae", "pointgpt_s"])
 def test_forward_shapes_and_centres(name, clouds):
+    """forward_tokens returns the final tokens and a TokenGeometry whose centres are the FPS centres (PointGPT: in
+    nearest-neighbour-chain order), detached; the forward is the classify handle on them."""
     model = pointgst.create_backbone(name, num_classes=15).eval()
     with torch.no_grad():
         logits = model(clouds)
+        tokens, geometry = model.forward_tokens(clouds)
     assert logits.shape == (2, 15) and torch.isfinite(logits).all()
-    assert model.token_centers.shape == (2, 64, 3)
+    assert isinstance(geometry, TokenGeometry)
+    assert geometry.centers.shape == (2, 64, 3) and not geometry.centers.requires_grad
+    assert (geometry.batch_size, geometry.num_points) == (2, 64)
+    assert geometry.num_special_tokens == model.num_special_tokens
+    assert tokens.shape == (2, model.num_special_tokens + 64, model.embed_dim)
     expected = gather_points(clouds, farthest_point_sample(clouds, 64))
     if name == "pointgpt_s":
         expected = gather_points(expected, nearest_neighbor_chain(expected))
-    assert torch.equal(model.token_centers, expected)
+    assert torch.equal(geometry.centers, expected)
+    assert torch.equal(geometry.centers, model.group(clouds)[1])
+    with torch.no_grad():
+        assert torch.equal(model.classify(tokens, geometry), logits)
     assert model.num_features == 2 * model.embed_dim
 
 
 def test_point_mae_adds_position_before_every_block(clouds):
+    """x = block(x + pos, geometry): every block gets the position and the one geometry of the forward."""
     model = pointgst.create_backbone("point_mae").eval()
-    inputs, outputs = [], []
+    inputs, geometries, outputs = [], [], []
 
     def record(module, args, output):
         inputs.append(args[0])
+        geometries.append(args[1])
         outputs.append(output)
 
     hooks = [b.register_forward_hook(record) for b in model.transformer_blocks]
@@ -68,7 +81,9 @@ def test_point_mae_adds_position_before_every_block(clouds):
         model(clouds)
     for h in hooks:
         h.remove()
-    pos = torch.cat([model.cls_pos.expand(2, -1, -1), model.pos_embed(model.token_centers)], dim=1)
+    geometry = geometries[0]
+    assert isinstance(geometry, TokenGeometry) and all(g is geometry for g in geometries)
+    pos = torch.cat([model.cls_pos.expand(2, -1, -1), model.pos_embed(geometry.centers)], dim=1)
     for i in range(1, model.depth):
         torch.testing.assert_close(inputs[i], outputs[i - 1] + pos, rtol=0, atol=0)
 
@@ -159,20 +174,23 @@ def test_sublayers_are_reachable_without_changing_keys(name, clouds):
             super().__init__()
             self.base = base
 
-        def forward(self, x):
-            return self.base(x) + torch.linspace(0, 1, x.shape[-1])
+        def forward(self, x, geometry):
+            return self.base(x, geometry) + torch.linspace(0, 1, x.shape[-1])
 
     for block in model.transformer_blocks:
         assert {"attn_branch", "ffn_branch"} <= {n for n, _ in block.named_children()}
     block = model.transformer_blocks[-1]
     seen = []
-    block.ffn_branch.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    block.ffn_branch.register_forward_pre_hook(lambda m, a: seen.append(a))
     block.ffn_branch = AddOne(block.ffn_branch)
     with torch.no_grad():
         after = model(clouds)
     assert not torch.allclose(before, after)
     assert [k.replace("ffn_branch.base.", "") for k in model.state_dict()] == keys  # the branch owns no weights
-    assert seen[0].shape[1] == 64 + model.num_special_tokens
+    x, geometry = seen[0]  # the branch is called as ffn_branch(x, geometry)
+    assert x.shape[1] == 64 + model.num_special_tokens
+    assert isinstance(geometry, TokenGeometry) and geometry.num_points == 64
+    assert geometry.num_special_tokens == model.num_special_tokens
 
 
 def test_reset_classifier(clouds):
@@ -201,6 +219,29 @@ def test_bad_input_gives_clear_errors(points, message):
     model = pointgst.create_backbone("point_mae")
     with pytest.raises(PointCloudError, match=message):
         model(points)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_float_dtypes_are_cast_to_the_model_dtype(dtype, clouds):
+    """float64 / float16 / bfloat16 input is cast to the model's dtype: the same logits as the cast float32 input."""
+    model = pointgst.create_backbone("point_mae").eval()
+    points = clouds.to(dtype)
+    with torch.no_grad():
+        logits = model(points)
+        expected = model(points.float())
+    assert logits.dtype == torch.float32
+    assert torch.equal(logits, expected)
+    assert torch.equal(model.group(points)[1], model.group(points.float())[1])
+
+
+def test_empty_batch_and_single_cloud_in_training_mode_give_clear_errors(clouds):
+    model = pointgst.create_backbone("point_mae")
+    with pytest.raises(PointCloudError, match="empty batch"):
+        model.eval()(clouds[:0])
+    with pytest.raises(PointCloudError, match="at least 2 clouds"):
+        model.train()(clouds[:1])
+    with torch.no_grad():
+        assert model.eval()(clouds[:1]).shape == (1, 40)  # one cloud is fine at inference
 
 
 def test_unknown_names():

@@ -1,7 +1,10 @@
 """Loading official checkpoints: remapping rules, strictness, reports, safety, conversion, hub cache."""
 
+import argparse
 import json
 import os
+import pickle
+import random
 import subprocess
 import sys
 import textwrap
@@ -11,11 +14,13 @@ import pytest
 import torch
 
 import pointgst
+from pointgst.atomic import MANIFEST
 from pointgst.backbones import PointGPT, PointMAE
 from pointgst.backbones.checkpoint import read_checkpoint
 from pointgst.errors import CheckpointError, UnsafeCheckpointError, WeightsNotAvailableError
 
 from . import official_layout as official
+from .cli_runs import run_cli_here
 
 FINETUNE_ONLY_MAE = {"cls_token", "cls_pos"} | {k for k in official.point_mae_finetune() if k.startswith("cls_head")}
 
@@ -115,6 +120,27 @@ def test_corrupt_files(tmp_path):
         read_checkpoint(tmp_path / "absent.pth")
 
 
+def test_text_and_random_bytes_are_corrupt_files_not_unsafe_pickles(tmp_path):
+    """A file that is not a pickle at all is a corrupt checkpoint (CheckpointError, not UnsafeCheckpointError);
+    only a real pickle holding non-tensor objects is refused as unsafe."""
+    (tmp_path / "notes.pth").write_text("these are not weights\n" * 20)
+    noise = random.Random(0).randbytes(4096)
+    assert not noise.startswith(b"PK") and noise[0] != 0x80  # neither a zip archive nor a pickle header
+    (tmp_path / "noise.pth").write_bytes(noise)
+    for name in ("notes.pth", "noise.pth"):
+        with pytest.raises(CheckpointError, match="is not a readable PyTorch checkpoint") as info:
+            read_checkpoint(tmp_path / name)
+        assert not isinstance(info.value, UnsafeCheckpointError)
+        with pytest.raises(CheckpointError, match="is not a readable PyTorch checkpoint"):
+            pointgst.create_backbone("point_mae", pretrained=tmp_path / name)
+    # real pickles (torch's zip format and a bare pickle) with a harmless non-tensor object: unsafe
+    torch.save({"cls_token": torch.zeros(1), "args": argparse.Namespace(lr=1e-3)}, tmp_path / "args.pth")
+    (tmp_path / "bare.pth").write_bytes(pickle.dumps({"args": argparse.Namespace(lr=1e-3)}, protocol=2))
+    for name in ("args.pth", "bare.pth"):
+        with pytest.raises(UnsafeCheckpointError, match="never executes code"):
+            read_checkpoint(tmp_path / name)
+
+
 class _Exploit:
     """Unpickling this object would run ``os.system`` to create a marker file."""
 
@@ -196,19 +222,37 @@ def test_convert_cli_then_offline_hub_cache_round_trip(tmp_path, clouds):
         assert torch.equal(model(clouds), expected)
 
 
-def test_convert_refuses_to_overwrite_and_checks_architecture(tmp_path):
+def test_convert_refuses_foreign_files_and_checks_architecture(tmp_path, capsys):
+    """A converted folder carries a manifest of pointgst's files: converting into it again replaces them; a folder
+    with a file pointgst did not write is refused (and left untouched) unless overwrite=True, which keeps that
+    file; a path that is a file is refused."""
     torch.save({"base_model": PointMAE(15).state_dict()}, tmp_path / "a.pth")
-    pointgst.convert_checkpoint(tmp_path / "a.pth", tmp_path / "out")
-    before = (tmp_path / "out" / "model.safetensors").read_bytes()
+    torch.save({"base_model": PointMAE(15).state_dict()}, tmp_path / "b.pth")  # other random weights
+    out = tmp_path / "out"
+    pointgst.convert_checkpoint(tmp_path / "a.pth", out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["files"] == ["config.json", "model.safetensors"]
+    assert manifest["pointgst_version"] == pointgst.__version__
+    first = (out / "model.safetensors").read_bytes()
+    pointgst.convert_checkpoint(tmp_path / "b.pth", out)  # only pointgst's own files there: replaced
+    second = (out / "model.safetensors").read_bytes()
+    assert second != first and sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors",
+                                                                         MANIFEST]
+    (out / "notes.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="overwrite"):
-        pointgst.convert_checkpoint(tmp_path / "a.pth", tmp_path / "out")
-    assert (tmp_path / "out" / "model.safetensors").read_bytes() == before
-    pointgst.convert_checkpoint(tmp_path / "a.pth", tmp_path / "out", overwrite=True)
+        pointgst.convert_checkpoint(tmp_path / "a.pth", out)
+    assert (out / "model.safetensors").read_bytes() == second
+    code, _, err = run_cli_here(["convert", tmp_path / "a.pth", out], capsys)
+    assert code == 2 and "overwrite" in err
+    assert (out / "model.safetensors").read_bytes() == second
+    pointgst.convert_checkpoint(tmp_path / "a.pth", out, overwrite=True)
+    assert (out / "model.safetensors").read_bytes() == first and (out / "notes.txt").read_text() == "mine"
+    checkpoint = (tmp_path / "b.pth").read_bytes()
+    with pytest.raises(FileExistsError, match="is a file"):
+        pointgst.convert_checkpoint(tmp_path / "a.pth", tmp_path / "b.pth")
+    assert (tmp_path / "b.pth").read_bytes() == checkpoint
     with pytest.raises(CheckpointError, match="holds point_mae weights"):
-        pointgst.create_backbone("pointgpt_s", pretrained=tmp_path / "out")
-    result = subprocess.run([sys.executable, "-m", "pointgst.cli", "convert", str(tmp_path / "a.pth"),
-                             str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "overwrite" in result.stderr
+        pointgst.create_backbone("pointgpt_s", pretrained=out)
 
 
 def test_weights_only_on_google_drive_explain_what_to_do(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from pointgst.adapters.dcnv4 import DCNv4, DeformablePointLayer, dcnv4_output_size, dcnv4_sample
+from pointgst.geometry import TokenGeometry
 
 # --------------------------------------------------------------------------- 2-D references
 
@@ -313,6 +314,13 @@ def test_sample_rejects_invalid_inputs():
         dcnv4_sample(value, om, group=2, kernel_size=2, pad=0, remove_center=True)
 
 
+def test_operator_and_point_layer_live_in_the_dcnv4_package():
+    from pointgst.adapters.dcnv4 import op, point_layer
+
+    assert (op.DCNv4, op.dcnv4_sample, op.dcnv4_output_size) == (DCNv4, dcnv4_sample, dcnv4_output_size)
+    assert point_layer.DeformablePointLayer is DeformablePointLayer
+
+
 # --------------------------------------------------------------------------- point layer
 
 DIM, SPECIAL, GROUPS = 24, 2, 16  # GROUPS = point tokens per sample
@@ -323,6 +331,11 @@ def point_inputs(batch=3, groups=GROUPS, dtype=torch.float64, seed=0):
     x = torch.randn(batch, SPECIAL + groups, DIM, generator=generator, dtype=dtype)
     centers = torch.rand(batch, groups, 3, generator=generator, dtype=dtype) * 2 - 1
     return x, centers
+
+
+def geometry_of(centers: torch.Tensor, special: int = SPECIAL) -> TokenGeometry:
+    """The token geometry a backbone would pass with ``centers`` and ``special`` leading tokens."""
+    return TokenGeometry(centers, special)
 
 
 def small_layer(**kwargs) -> DeformablePointLayer:
@@ -362,7 +375,7 @@ def reference_point_layer(layer: DeformablePointLayer, x: torch.Tensor, centers:
 def test_point_layer_is_exactly_zero_at_init_but_learns():
     layer = small_layer()
     x, centers = point_inputs()
-    out = layer(x, centers)
+    out = layer(x, geometry_of(centers))
     assert torch.equal(out, torch.zeros_like(out))
     target = torch.randn_like(out)
     (out * target).sum().backward()
@@ -370,7 +383,7 @@ def test_point_layer_is_exactly_zero_at_init_but_learns():
     assert layer.offset_mask.bias.grad.abs().sum() > 0
     torch.optim.SGD(layer.parameters(), lr=0.1).step()
     with torch.no_grad():
-        after = layer(x, centers)
+        after = layer(x, geometry_of(centers))
     assert after[:, SPECIAL:].abs().amin(dim=-1).gt(0).all()  # every point token moved
     assert torch.equal(after[:, :SPECIAL], torch.zeros_like(after[:, :SPECIAL]))
 
@@ -378,11 +391,11 @@ def test_point_layer_is_exactly_zero_at_init_but_learns():
 def test_point_layer_special_tokens_get_zero():
     layer = trained(small_layer())
     x, centers = point_inputs()
-    out = layer(x, centers)
+    out = layer(x, geometry_of(centers))
     assert torch.equal(out[:, :SPECIAL], torch.zeros_like(out[:, :SPECIAL]))
     assert out[:, SPECIAL:].abs().sum() > 0
     # with no special tokens every token is a point token
-    assert layer(x[:, SPECIAL:], centers).shape == (3, GROUPS, DIM)
+    assert layer(x[:, SPECIAL:], geometry_of(centers, 0)).shape == (3, GROUPS, DIM)
 
 
 @pytest.mark.parametrize("offset_scale", [1.0, 0.5])
@@ -390,7 +403,7 @@ def test_point_layer_matches_loop_reference(offset_scale):
     layer = trained(small_layer(offset_scale=offset_scale))
     x, centers = point_inputs()
     with torch.no_grad():
-        out = layer(x, centers)
+        out = layer(x, geometry_of(centers))
         for b in range(x.shape[0]):
             torch.testing.assert_close(out[b], reference_point_layer(layer, x[b], centers[b]), rtol=0, atol=1e-10)
 
@@ -399,7 +412,7 @@ def test_point_layer_float32_matches_reference():
     layer = trained(small_layer())
     x, centers = point_inputs()
     with torch.no_grad():
-        out = layer.float()(x.float(), centers.float())
+        out = layer.float()(x.float(), geometry_of(centers.float()))
         expected = reference_point_layer(layer.double(), x[0], centers[0])
     torch.testing.assert_close(out[0].double(), expected, rtol=0, atol=1e-5)
 
@@ -412,13 +425,13 @@ def test_point_layer_zero_offsets_and_one_hot_self_mask_gather_the_token():
     x, centers = point_inputs()
     with torch.no_grad():
         expected = layer.output_proj(layer.value_proj(x[:, SPECIAL:]))
-        torch.testing.assert_close(layer(x, centers)[:, SPECIAL:], expected, rtol=0, atol=1e-10)
+        torch.testing.assert_close(layer(x, geometry_of(centers))[:, SPECIAL:], expected, rtol=0, atol=1e-10)
 
 
 def test_point_layer_offsets_get_gradient_once_masks_are_nonzero():
     layer = trained(small_layer())
     x, centers = point_inputs()
-    layer(x, centers).square().sum().backward()
+    layer(x, geometry_of(centers)).square().sum().backward()
     offset_rows = layer.offset_mask.weight.grad.view(2, 16, 8)[:, :12]
     assert offset_rows.abs().sum() > 0
 
@@ -429,7 +442,7 @@ def test_point_layer_coincident_centres_stay_finite():
     centers[0, 8:] = centers[0, 0]  # half the tokens of sample 0 share one centre
     centers[1] = centers[1, :1]  # sample 1: every centre identical (zero local scale)
     x.requires_grad_()
-    out = layer(x, centers)
+    out = layer(x, geometry_of(centers))
     assert torch.isfinite(out).all()
     out.square().sum().backward()
     assert torch.isfinite(x.grad).all()
@@ -440,15 +453,17 @@ def test_point_layer_batch_independence_and_equivariance():
     layer = trained(small_layer())
     x, centers = point_inputs()
     with torch.no_grad():
-        batched = layer(x, centers)
-        alone = layer(x[1:2], centers[1:2])
+        batched = layer(x, geometry_of(centers))
+        alone = layer(x[1:2], geometry_of(centers[1:2]))
         torch.testing.assert_close(batched[1:2], alone, rtol=0, atol=1e-12)
         # permuting the point tokens together with their centres permutes the output
         perm = torch.randperm(GROUPS)
         order = torch.cat([torch.arange(SPECIAL), SPECIAL + perm])
-        torch.testing.assert_close(layer(x[:, order], centers[:, perm]), batched[:, order], rtol=0, atol=1e-12)
+        permuted = layer(x[:, order], geometry_of(centers[:, perm]))
+        torch.testing.assert_close(permuted, batched[:, order], rtol=0, atol=1e-12)
         # translating a cloud leaves the geometry path unchanged
-        torch.testing.assert_close(layer(x, centers + torch.tensor([0.3, -2.0, 5.0], dtype=x.dtype)), batched)
+        moved = centers + torch.tensor([0.3, -2.0, 5.0], dtype=x.dtype)
+        torch.testing.assert_close(layer(x, geometry_of(moved)), batched)
 
 
 def test_point_layer_parameter_count():
@@ -478,14 +493,34 @@ def test_point_layer_rejects_invalid_inputs():
     layer = small_layer()
     x, centers = point_inputs()
     with pytest.raises(ValueError, match="C=24"):
-        layer(x[..., :-1], centers)
+        layer(x[..., :-1], geometry_of(centers))
     with pytest.raises(ValueError, match="\\(B, T, C"):
-        layer(x[0], centers)
-    with pytest.raises(ValueError, match="centers must be"):
-        layer(x, centers[:2])
-    with pytest.raises(ValueError, match="centers must be"):
-        layer(x, centers[..., :2])
+        layer(x[0], geometry_of(centers))
+    with pytest.raises(ValueError, match="same batch"):
+        layer(x, geometry_of(centers[:2]))  # the geometry of another batch
+    with pytest.raises(ValueError, match=r"\(B, G, 3\)"):
+        layer(x, geometry_of(centers[..., :2]))  # 2-D centres (caught by the geometry's kNN)
     with pytest.raises(ValueError, match="num_points=4 <= G"):
-        layer(x[:, :5], centers[:, :3])  # fewer point tokens than sampling points
+        layer(x[:, :5], geometry_of(centers[:, :3]))  # fewer point tokens than sampling points
     with pytest.raises(ValueError, match="<= T"):
-        layer(x[:, :10], centers)  # more centres than tokens
+        layer(x[:, :10], geometry_of(centers))  # more centres than tokens
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("factor", [1e19, 1e-30])
+def test_point_layer_is_scale_free_at_extreme_scales(factor, dtype):
+    """The geometry is computed on the normalised centres, so centres scaled by 1e19 (squared distances beyond
+    float32's range) or 1e-30 (squared distances below its smallest normal) give finite outputs and gradients equal,
+    to float tolerance, to those of the unscaled centres."""
+    layer = trained(small_layer()).to(dtype)
+    x, centers = point_inputs(dtype=dtype)
+    with torch.no_grad():
+        unscaled = layer(x, geometry_of(centers))
+    x.requires_grad_()
+    scaled = layer(x, geometry_of(centers * factor))
+    assert torch.isfinite(scaled).all()
+    tolerance = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(scaled.detach(), unscaled, rtol=tolerance, atol=tolerance)
+    scaled.square().sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters())

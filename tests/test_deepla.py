@@ -22,6 +22,7 @@ from pointgst.adapters.deepla import (
     kemp,
     knn_geometry,
 )
+from pointgst.geometry import TokenGeometry
 from pointgst.ops import farthest_point_sample, gather_points, knn_indices
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -121,6 +122,15 @@ def test_reslfe_rejects_bad_drop_rates():
         ResLFE(8, 0)
 
 
+def test_blocks_and_head_live_in_the_deepla_package():
+    from pointgst.adapters.deepla import blocks, head
+
+    assert (blocks.FFN, blocks.VFR, blocks.ResLFE, blocks.StagePositionEmbedding, blocks.kemp, blocks.knn_geometry) \
+        == (FFN, VFR, ResLFE, StagePositionEmbedding, kemp, knn_geometry)
+    assert (head.DeepLAHead, head.hybrid_weights) == (DeepLAHead, hybrid_weights)
+    assert (head.COR_DIM, head.LABEL_SMOOTHING) == (32, 0.2)
+
+
 # --------------------------------------------------------------------------- head
 
 
@@ -128,14 +138,14 @@ def test_reslfe_rejects_bad_drop_rates():
 def test_head_shapes(depths, k):
     tokens, centers = inputs()
     head = DeepLAHead(32, 7, width=24, depths=depths, k=k, hidden=20)
-    assert head(tokens, centers).shape == (4, 7)
-    assert head.eval()(tokens, centers).shape == (4, 7)
+    assert head(tokens, TokenGeometry(centers)).shape == (4, 7)
+    assert head.eval()(tokens, TokenGeometry(centers)).shape == (4, 7)
 
 
 def test_leading_special_tokens_are_ignored():
     tokens, centers = inputs(special=1)
     head = DeepLAHead(32, 7, width=24).eval()
-    assert torch.equal(head(tokens, centers), head(tokens[:, 1:], centers))
+    assert torch.equal(head(tokens, TokenGeometry(centers)), head(tokens[:, 1:], TokenGeometry(centers)))
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -169,39 +179,40 @@ def test_forward_validation():
     head = DeepLAHead(32, 5)  # 2 stages, k = 16: needs >= 32 tokens
     tokens, centers = inputs()
     with pytest.raises(ValueError, match="in_dim=32"):
-        head(torch.randn(4, 64, 31), centers)
+        head(torch.randn(4, 64, 31), TokenGeometry(centers))
     with pytest.raises(ValueError, match="centers"):
-        head(tokens, centers[:3])
+        head(tokens, TokenGeometry(centers[:3]))
     with pytest.raises(ValueError, match="centers"):
-        head(tokens, centers[..., :2])
+        head(tokens, TokenGeometry(centers[..., :2]))
     with pytest.raises(ValueError, match="only 63 tokens"):
-        head(tokens[:, 1:], centers)
+        head(tokens[:, 1:], TokenGeometry(centers))
     with pytest.raises(ValueError, match="at least 32 tokens"):
-        head(tokens[:, :31], centers[:, :31])
+        head(tokens[:, :31], TokenGeometry(centers[:, :31]))
     bad = tokens.clone()
     bad[1, 3, 0] = float("nan")
     with pytest.raises(ValueError, match="tokens contain NaN"):
-        head(bad, centers)
+        head(bad, TokenGeometry(centers))
     bad = centers.clone()
     bad[0, 0, 2] = float("inf")
     with pytest.raises(ValueError, match="centers contain NaN"):
-        head(tokens, bad)
+        head(tokens, TokenGeometry(bad))
     with pytest.raises(ValueError, match="at least 2 clouds"):
-        head(tokens[:1], centers[:1])
-    assert head.eval()(tokens[:1], centers[:1]).shape == (1, 5)  # one cloud is fine at inference
+        head(tokens[:1], TokenGeometry(centers[:1]))
+    assert head.eval()(tokens[:1], TokenGeometry(centers[:1])).shape == (1, 5)  # one cloud is fine at inference
 
 
 def test_eval_logits_are_batch_independent():
     tokens, centers = inputs(batch=5)
     head = DeepLAHead(32, 6, width=24)
-    head(tokens, centers)  # one training step's worth of BN running statistics
+    head(tokens, TokenGeometry(centers))  # one training step's worth of BN running statistics
     head.eval()
-    batched = head(tokens, centers)
+    batched = head(tokens, TokenGeometry(centers))
     for b in range(5):
-        torch.testing.assert_close(head(tokens[b : b + 1], centers[b : b + 1]), batched[b : b + 1],
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(head(tokens[b : b + 1], TokenGeometry(centers[b : b + 1])),
+                                   batched[b : b + 1], atol=1e-5, rtol=1e-5)
     # another companion cloud does not change cloud 0's logits
-    other = head(torch.cat([tokens[:1], tokens[3:4] * 5]), torch.cat([centers[:1], centers[3:4] * 0.1]))
+    companion = TokenGeometry(torch.cat([centers[:1], centers[3:4] * 0.1]))
+    other = head(torch.cat([tokens[:1], tokens[3:4] * 5]), companion)
     torch.testing.assert_close(other[:1], batched[:1], atol=1e-5, rtol=1e-5)
 
 
@@ -213,7 +224,8 @@ def test_stages_follow_fps_prefix_of_the_centres():
     assert torch.equal(farthest_point_sample(centers, 32), torch.arange(32).expand(2, 32))
     head = DeepLAHead(32, 6, width=24).eval()
     perm = torch.cat([torch.tensor([0]), torch.randperm(63) + 1])  # FPS starts at index 0: keep it first
-    torch.testing.assert_close(head(tokens[:, perm], centers[:, perm]), head(tokens, centers), atol=1e-5, rtol=1e-5)
+    permuted = head(tokens[:, perm], TokenGeometry(centers[:, perm]))
+    torch.testing.assert_close(permuted, head(tokens, TokenGeometry(centers)), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("training", [True, False])
@@ -222,13 +234,27 @@ def test_coincident_centres_give_finite_outputs(training):
     centers[0] = 0.25  # every centre of cloud 0 at one point
     centers[1, :20] = centers[1, :1]  # cloud 1: 20 coincident centres
     head = DeepLAHead(32, 5, depths=(1, 1), hybrid=True).train(training)
-    logits = head(tokens, centers)
+    logits = head(tokens, TokenGeometry(centers))
     assert torch.isfinite(logits).all()
     loss = F.cross_entropy(logits, torch.tensor([0, 1, 2])) + head.auxiliary_loss(torch.tensor([0, 1, 2]), 0.0)
     assert torch.isfinite(loss)
     if training:
         loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
+
+
+def test_head_takes_a_backbones_token_sequence_and_geometry():
+    """The head is called as the backbone's classify handle is, on the full token sequence (special tokens first)
+    and the forward's TokenGeometry: the same logits as on the point tokens with a geometry of the same centres."""
+    backbone = pointgst.create_backbone("point_mae_tiny", num_classes=5).eval()
+    points = torch.rand(2, 1024, 3, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tokens, geometry = backbone.forward_tokens(points)
+    assert geometry.num_special_tokens == 1 and tokens.shape[1] == 1 + geometry.num_points
+    head = DeepLAHead(backbone.embed_dim, 5, width=24, depths=(1, 1), k=8).eval()
+    logits = head(tokens, geometry)
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+    assert torch.equal(logits, head(tokens[:, 1:], TokenGeometry(geometry.centers.clone())))
 
 
 # --------------------------------------------------------------------------- hybrid deep supervision
@@ -251,7 +277,7 @@ def test_hybrid_training_loss_and_gradients():
     head = DeepLAHead(32, 5, width=24, depths=(1, 2), hybrid=True).train()
     with pytest.raises(RuntimeError, match="forward"):
         head.auxiliary_loss(labels, 0.0)
-    head(tokens, centers)
+    head(tokens, TokenGeometry(centers))
     assert len(head.semantic_logits) == 2 and len(head.spatial_losses) == 2
     assert head.semantic_logits[0].shape == (4, 5)
     aux = head.auxiliary_loss(labels, 0.5)
@@ -279,37 +305,29 @@ def test_hybrid_is_off_in_eval_mode_and_never_changes_the_main_logits():
     assert result.unexpected_keys and all(key.startswith(("semantic_heads.", "cor_heads."))
                                           for key in result.unexpected_keys)
     torch.manual_seed(3)
-    train_hybrid = hybrid(tokens, centers)
+    train_hybrid = hybrid(tokens, TokenGeometry(centers))
     torch.manual_seed(3)
-    assert torch.equal(train_hybrid, plain(tokens, centers))  # same dropout / drop-path draws, same logits
+    # same dropout / drop-path draws, same logits
+    assert torch.equal(train_hybrid, plain(tokens, TokenGeometry(centers)))
     hybrid.eval(), plain.eval()
-    assert torch.equal(hybrid(tokens, centers), plain(tokens, centers))
+    assert torch.equal(hybrid(tokens, TokenGeometry(centers)), plain(tokens, TokenGeometry(centers)))
     assert hybrid.semantic_logits == [] and hybrid.spatial_losses == []  # cleared and not computed in eval
     aux = hybrid.auxiliary_loss(labels, 0.0)
     assert aux.dim() == 0 and aux.item() == 0.0
     plain.train()
-    plain(tokens, centers)
+    plain(tokens, TokenGeometry(centers))
     assert plain.auxiliary_loss(labels, 0.0).item() == 0.0  # hybrid off
 
 
 # --------------------------------------------------------------------------- real data
 
 
-def frozen_tokens(points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final point tokens (after the last norm) and their centres from a randomly initialised, frozen Point-MAE."""
+def frozen_tokens(points: torch.Tensor) -> tuple[torch.Tensor, TokenGeometry]:
+    """Final point tokens (after the last norm) and their geometry from a randomly initialised, frozen Point-MAE."""
     backbone = pointgst.create_backbone("point_mae", num_classes=40).eval()
     with torch.no_grad():
-        try:
-            tokens, centers = backbone.forward_tokens(points)
-        except (AttributeError, NotImplementedError):  # older backbone: assemble the tokens from its public pieces
-            neighborhood, centers = backbone.group(points)
-            x = backbone.encoder(neighborhood)
-            cls_token, cls_pos = backbone.special_tokens()
-            b = x.shape[0]
-            x = torch.cat([cls_token.expand(b, -1, -1), x], dim=1)
-            pos = torch.cat([cls_pos.expand(b, -1, -1), backbone.pos_embed(centers)], dim=1)
-            tokens = backbone.norm(backbone.blocks(x, pos))
-    return tokens[:, -centers.shape[1] :], centers
+        tokens, geometry = backbone.forward_tokens(points)
+    return tokens[:, geometry.num_special_tokens :], geometry
 
 
 def test_a_few_steps_on_real_frozen_tokens_reduce_the_loss():
@@ -319,21 +337,21 @@ def test_a_few_steps_on_real_frozen_tokens_reduce_the_loss():
     data = np.load(path)
     points = torch.from_numpy(np.ascontiguousarray(data["points"][:32])).float()
     labels = torch.from_numpy(np.ascontiguousarray(data["labels"][:32])).long()
-    tokens, centers = frozen_tokens(points)
-    assert tokens.shape == (32, 64, 384) and centers.shape == (32, 64, 3)
+    tokens, geometry = frozen_tokens(points)
+    assert tokens.shape == (32, 64, 384) and geometry.centers.shape == (32, 64, 3)
 
     head = DeepLAHead(384, 40, hybrid=True).train()
     optimizer = torch.optim.AdamW(head.parameters(), lr=1e-3)
 
     def main_loss() -> torch.Tensor:
         torch.manual_seed(123)  # same dropout / drop-path draws before and after training
-        return F.cross_entropy(head(tokens, centers), labels, label_smoothing=0.2)
+        return F.cross_entropy(head(tokens, geometry), labels, label_smoothing=0.2)
 
     with torch.no_grad():
         initial = main_loss().item()
     steps = 10
     for step in range(steps):
-        logits = head(tokens, centers)
+        logits = head(tokens, geometry)
         loss = F.cross_entropy(logits, labels, label_smoothing=0.2) + head.auxiliary_loss(labels, step / steps)
         optimizer.zero_grad()
         loss.backward()

@@ -34,7 +34,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
-SOURCE_DIRS = ("pointgst", "adapters", "backbones", "benchmarks", "scripts")
+SOURCE_DIRS = ("pointgst", "adapters", "backbones", "benchmarks", "scripts", "tests")
 EXEMPT_NAMES = {"README.md", "MODEL_CARD.md"}
 # documents cited before docs/ existed (they lived outside the repository): a bare mention is still a citation
 LEGACY_NAMES = {"pointgst", "backbones", "datasets", "alt_modules", "peft_and_hub", "design"}
@@ -134,7 +134,8 @@ def problems(citation: Citation) -> str | None:
 
 
 def _sources() -> list[Path]:
-    files = [p for d in SOURCE_DIRS for p in sorted((ROOT / d).rglob("*.py")) if "__pycache__" not in p.parts]
+    files = [p for d in SOURCE_DIRS for p in sorted((ROOT / d).rglob("*.py"))
+             if "__pycache__" not in p.parts and p != Path(__file__).resolve()]
     return files + sorted((ROOT / "recipes").glob("*.yaml"))
 
 

@@ -1,8 +1,8 @@
-"""Every tuning method behind pointgst.wrap: exactness at init, what trains, save -> fresh process -> load."""
+"""Method-specific behaviour behind pointgst.wrap: the DeepLA head learns with hybrid supervision, options are
+routed to each method's own config and checked, head methods keep their class count. (The contract every method
+keeps on every backbone is in test_contract.py.)"""
 
-import subprocess
-import sys
-import textwrap
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 import pointgst
-from pointgst.wrapping import METHODS
+from pointgst.adapters import list_methods
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -28,30 +28,6 @@ def _trainable(model) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("name", ["point_mae", "pointgpt_s"])
-def test_untrained_dcnv4_is_exact_then_learns_only_trainable_parameters(name):
-    backbone = _backbone(name).eval()
-    x = _points()
-    with torch.no_grad():
-        frozen = backbone(x)
-    model = pointgst.wrap(backbone, method="dcnv4", rank=16)
-    model.eval()
-    with torch.no_grad():
-        assert torch.equal(model(x), frozen)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.AdamW(_trainable(model).values(), lr=1e-2)
-    model.train()
-    F.cross_entropy(model(x), torch.arange(4)).backward()
-    optimizer.step()
-    trainable = set(_trainable(model))
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    assert changed and all(k in trainable or ".modules_to_save." in k for k in changed), changed - trainable
-    assert any(".ffn_branch.pointgst_module." in k for k in changed)
-    model.eval()
-    with torch.no_grad():
-        assert not torch.allclose(model(x), frozen)
-
-
 def test_deepla_head_trains_the_head_only_and_learns_on_real_modelnet40():
     if not (SHARED_DATA / "modelnet40_1024" / "train.npz").is_file():
         pytest.skip("shared ModelNet40 pack absent")
@@ -59,7 +35,7 @@ def test_deepla_head_trains_the_head_only_and_learns_on_real_modelnet40():
     pick = np.random.default_rng(0).choice(len(pack["labels"]), 24, replace=False)
     points = torch.from_numpy(pack["points"][pick][:, :256].copy())
     labels = torch.from_numpy(pack["labels"][pick])
-    model = pointgst.wrap(_backbone(), method="deepla_head", hybrid_supervision=True, head_depths=[1, 1], head_k=8)
+    model = pointgst.wrap(_backbone(), method="deepla_head", hybrid_supervision=True, depths=[1, 1], k=8)
     assert all(".classify.pointgst_module." in n for n in _trainable(model))
     assert pointgst.parameter_report(model).trainable == sum(p.numel() for p in _trainable(model).values())
     head = model.base_model.model.classify.pointgst_module["default"]
@@ -87,7 +63,7 @@ def test_deepla_head_trains_the_head_only_and_learns_on_real_modelnet40():
 
 
 def test_every_method_in_params_and_bad_options():
-    for method in METHODS:
+    for method in list_methods():
         with torch.device("meta"):
             report = pointgst.parameter_report(pointgst.wrap(pointgst.backbones.PointMAE(40), method=method))
         assert report.method == method and report.trainable > 0
@@ -95,50 +71,39 @@ def test_every_method_in_params_and_bad_options():
         pointgst.wrap(_backbone(), method="pcsa+dcnv4")
     with pytest.raises(ValueError, match="unknown method"):
         pointgst.wrap(_backbone(), method="adapterformer")
-    with pytest.raises(TypeError, match="rnak"):
-        pointgst.wrap(_backbone(), method="lora", rnak=4)
     with pytest.raises(ValueError, match="must divide num_group"):
         pointgst.wrap(pointgst.create_backbone("point_mae", num_group=48), method="pcsa")
-    from pointgst.wrapping import check_method_options
-    with pytest.raises(ValueError, match="takes no options"):
-        check_method_options("linear", {"rank": 3})
 
 
-_LOAD_ALL = textwrap.dedent("""
-    import sys, torch, pointgst
-    root, methods = sys.argv[1], sys.argv[2].split(",")
-    x = torch.load(f"{root}/points.pt")
-    outs = {}
-    for method in methods:
-        model = pointgst.load_adapter(f"{root}/{method}").eval()
-        with torch.no_grad():
-            outs[method] = model(x)
-    torch.save(outs, f"{root}/reloaded.pt")
-""")
+@pytest.mark.parametrize("method, option, listed", [
+    ("lora", "rnak", "rank (default 8)"),
+    ("linear", "rank", "linear: none"),
+    ("dcnv4", "head_width", "num_points (default 9)"),
+    ("deepla_head", "rank", "hybrid_supervision (default False)"),
+    ("pcsa+deepla_head", "grops", "pcsa: local_size"),
+])
+def test_an_unknown_option_lists_the_options_of_the_method(method, option, listed):
+    with pytest.raises(ValueError, match=f"(?s)unknown option '{option}'.*{re.escape(listed)}"):
+        pointgst.wrap(_backbone(), method=method, **{option: 3})
 
 
-def test_save_fresh_process_load_gives_identical_outputs_for_every_method(tmp_path):
-    source = _backbone(classes=15)
-    source.save_pretrained(tmp_path / "weights")  # a weights folder the adapters record as their backbone
-    x = _points(3, seed=5)
-    torch.save(x, tmp_path / "points.pt")
-    expected = {}
-    for method in METHODS:
-        model = pointgst.wrap(pointgst.create_backbone("point_mae", pretrained=tmp_path / "weights", num_group=32,
-                                                       group_size=16), method=method)
-        with torch.no_grad():
-            for param in _trainable(model).values():
-                param.add_(0.01 * torch.randn_like(param))
-        model.eval()
-        with torch.no_grad():
-            expected[method] = model(x)
-        model.save_pretrained(str(tmp_path / method))
-    result = subprocess.run([sys.executable, "-c", _LOAD_ALL, str(tmp_path), ",".join(METHODS)],
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    reloaded = torch.load(tmp_path / "reloaded.pt")
-    for method in METHODS:
-        assert torch.equal(reloaded[method], expected[method]), method
+def test_options_are_routed_to_each_part_and_checked_by_its_config():
+    model = pointgst.wrap(_backbone(), method="pcsa+deepla_head", rank=8, width=32, depths=[1], k=8)
+    configs = model.peft_config["default"].method_configs()
+    assert configs["pcsa"].rank == 8 and configs["deepla_head"].width == 32 and configs["deepla_head"].depths == (1,)
+    with pytest.raises(ValueError, match="rank must be an int >= 1"):
+        pointgst.wrap(_backbone(), method="dcnv4", rank=0)
+    with pytest.raises(ValueError, match="rank must be divisible by groups"):
+        pointgst.wrap(_backbone(), method="dcnv4", rank=10, groups=4)
+    with pytest.raises(ValueError, match="unknown distance 'chebyshev'"):
+        pointgst.wrap(_backbone(), method="pcsa", distance="chebyshev")
+
+
+def test_explicit_options_win_over_the_official_preset():
+    model = pointgst.wrap(_backbone(), method="pcsa", preset="official", gft_mode="paper")
+    config = model.peft_config["default"]
+    assert config.method_configs()["pcsa"].gft_mode == "paper"  # explicit
+    assert config.method_configs()["pcsa"].distance == "cdist" and config.bn_stats == "update"  # from the preset
 
 
 def test_head_method_adapter_reloads_with_its_own_number_of_classes(tmp_path):

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from pointgst.geometry import TokenGeometry
 from pointgst.ops import (
     curve_key,
     farthest_point_sample,
@@ -174,6 +175,29 @@ def test_knn_query_in_reference_is_its_own_first_neighbour():
     centre_idx = farthest_point_sample(ref, 16)
     idx = knn_indices(gather_points(ref, centre_idx), ref, 8)
     assert torch.equal(idx[..., 0], centre_idx)
+
+
+def test_token_geometry_knn_is_scale_free_and_built_once():
+    """TokenGeometry.knn(k) is knn_indices on the normalised centres (each sample moved to its mean and divided by
+    its largest absolute coordinate): every point its own first neighbour, the same neighbours for centres scaled
+    to 1e-30 or 1e30 (squared distances outside float32's range), each structure built once per geometry."""
+    rng = np.random.default_rng(5)
+    centers = torch.from_numpy(rng.normal(size=(3, 32, 3)).astype(np.float32))
+    geometry = TokenGeometry(centers)
+    normalized = geometry.normalized_centers()
+    moved = centers - centers.mean(dim=1, keepdim=True)
+    assert torch.equal(normalized, moved / moved.abs().amax(dim=(1, 2), keepdim=True))
+    assert torch.equal(normalized.abs().amax(dim=(1, 2)), torch.ones(3))
+    knn = geometry.knn(8)
+    np.testing.assert_array_equal(knn.numpy(), reference_knn(normalized.numpy(), normalized.numpy(), 8))
+    assert torch.equal(knn[..., 0], torch.arange(32).expand(3, -1))
+    assert geometry.knn(8) is knn and geometry.computations == 2  # the normalised centres and one kNN graph
+    for factor in (1e-30, 1e30):
+        scaled = TokenGeometry(centers * factor + 5 * factor)
+        assert torch.isfinite(scaled.normalized_centers()).all()
+        assert torch.equal(scaled.knn(8), knn)
+    # coincident centres: no scale to divide by, all at the origin
+    assert torch.equal(TokenGeometry(torch.full((1, 8, 3), 0.3)).normalized_centers(), torch.zeros(1, 8, 3))
 
 
 # --------------------------------------------------------------------------- gather

@@ -16,7 +16,7 @@ from torch import nn
 import pointgst
 from pointgst.backbones.layers import PatchEncoder
 from pointgst.backbones.point_mae_pretrain import PointMAEPretrain
-from .cli_runs import finish, kill_after_first_checkpoint, start_cli
+from .cli_runs import finish, kill_after_first_checkpoint, run_cli_here, start_cli
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "modelnet40_1024").is_dir(), reason="shared ModelNet40 pack absent")
@@ -133,16 +133,15 @@ def test_pretrain_under_torchrun_with_two_processes(tmp_path):
 
 
 @needs_data
-def test_pretrain_and_train_refuse_each_others_recipes(tmp_path):
+def test_pretrain_and_train_refuse_each_others_recipes(tmp_path, capsys):
     cases = [("pretrain", "modelnet40-small.cpu", "method.name 'mae'"),
              ("train", "pretrain-modelnet40.point_mae_tiny", "pointgst pretrain"),
              ("pretrain", "pretrain-modelnet40.point_mae_tiny", "backbone.name must be one of")]
     for command, recipe, message in cases:
         extra = ["--set", "backbone.name=pointgpt_s"] if "backbone" in message else []
-        result = subprocess.run([sys.executable, "-m", "pointgst.cli", command, recipe, "--out", str(tmp_path / "x"),
-                                 "--set", f"data.root={SHARED_DATA / 'modelnet40_1024'}", *extra],
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
+        code, _, err = run_cli_here([command, recipe, "--out", tmp_path / "x", "--set",
+                                     f"data.root={SHARED_DATA / 'modelnet40_1024'}", *extra], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err[-2000:]
         assert not (tmp_path / "x").exists()
 
 
@@ -159,15 +158,16 @@ def test_logistic_regression_probe_separates_separable_classes():
     assert torch.equal(first.weight, again.weight)  # deterministic: the figures of the model card reproduce
 
 
-def test_probe_cli_is_deterministic_and_beats_chance_on_the_sample():
+def test_probe_cli_is_deterministic_and_beats_chance_on_the_sample(capsys):
     from pointgst.demo import sample_data_folder
 
-    command = [sys.executable, "-m", "pointgst.cli", "probe", "point_mae_tiny.modelnet40", "--data",
-               str(sample_data_folder()), "--dataset", "modelnet10", "--no-progress"]
-    first, again = (subprocess.run(command, capture_output=True, text=True, timeout=300) for _ in range(2))
+    args = ["probe", "point_mae_tiny.modelnet40", "--data", str(sample_data_folder()), "--dataset", "modelnet10",
+            "--no-progress"]
+    first = subprocess.run([sys.executable, "-m", "pointgst.cli", *args], capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr[-3000:]
+    code, again, _ = run_cli_here(args, capsys)  # another process, other thread state
     line = first.stdout.strip().splitlines()[-1]
-    assert line == again.stdout.strip().splitlines()[-1]  # the model card's figures reproduce exactly
+    assert code == 0 and line == again.strip().splitlines()[-1]  # the model card's figures reproduce exactly
     assert "pretrained weights" in line and "280 training / 100 test clouds" in line
     assert float(line.split("test accuracy ")[1].split("%")[0]) > 40.0  # chance: 10%
 

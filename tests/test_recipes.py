@@ -1,5 +1,5 @@
 """Recipes: every paper setting exists with the published hyper-parameters (table below, written from
-docs pointgst.md §7 / §8.1 and backbones.md §3.1), round trips, overrides, and the error messages."""
+docs/official.md §4.1 / docs/checkpoints.md §6.1 and docs/official.md §4.2), round trips, overrides, and the error messages."""
 
 import json
 import subprocess
@@ -20,13 +20,13 @@ DATASETS = ("scanobjectnn-obj_bg", "scanobjectnn-obj_only", "scanobjectnn-pb_t50
 PAPER_BACKBONES = ("point_mae", "act", "recon", "pointgpt_l")
 POINTGPT_SB = ("pointgpt_s", "pointgpt_b")
 
-# pretrained tag per backbone (pointgst.md §8.1; PointGPT-L = the post-pretrained file, issue #17)
+# pretrained tag per backbone (docs/checkpoints.md §6.1; PointGPT-L = the post-pretrained file, issue #17)
 TAGS = {"point_mae": "point_mae.pretrain", "act": "point_mae.act", "recon": "point_mae.recon",
         "pointgpt_l": "pointgpt_l.post_pretrain", "pointgpt_s": "pointgpt_s.pretrain",
         "pointgpt_b": "pointgpt_b.post_pretrain"}
 
 # per dataset: variant, format, root, classes, npoints, point_all, num_group, group_size, vote
-# (pointgst.md §7 "Points" / "Groups x size" / point_all; datasets.md §2; ScanObjectNN numbers without voting)
+# (docs/official.md §4.1 "Points" / "Groups x size", §4.4 point_all; docs/datasets.md §2; ScanObjectNN numbers without voting)
 DATA = {
     "scanobjectnn-obj_bg": ("obj_bg", "h5", "data/ScanObjectNN", 15, 2048, 2048, 128, 32, 0),
     "scanobjectnn-obj_only": ("obj_only", "h5", "data/ScanObjectNN", 15, 2048, 2048, 128, 32, 0),
@@ -35,8 +35,8 @@ DATA = {
 }
 
 # (backbone, dataset) -> lr, weight decay, epochs, warmup epochs, batch size
-# Point-MAE / ACT / ReCon / PointGPT-L: the PointGST configs (pointgst.md §7);
-# PointGPT-S/B: the official PointGPT fine-tuning configs (backbones.md §3.1)
+# Point-MAE / ACT / ReCon / PointGPT-L: the PointGST configs (docs/official.md §4.1);
+# PointGPT-S/B: the official PointGPT fine-tuning configs (docs/official.md §4.2)
 OPTIM = {
     ("point_mae", "scanobjectnn-obj_bg"): (5e-4, 0.05, 300, 10, 32),
     ("point_mae", "scanobjectnn-obj_only"): (5e-4, 0.05, 300, 10, 32),
@@ -64,7 +64,7 @@ OPTIM = {
     ("pointgpt_b", "modelnet40"): (1e-4, 0.05, 50, 10, 128),
 }
 
-# augmentation (pointgst.md §7, Q9): PointcloudRotate about y for ACT/ReCon on ScanObjectNN, else scale+translate
+# augmentation (docs/official.md §4.4, Q9): PointcloudRotate about y for ACT/ReCon on ScanObjectNN, else scale+translate
 ROTATE_Y = {(b, d) for b in ("act", "recon") for d in DATASETS if d.startswith("scanobjectnn")}
 # drop_path_rate: 0.1 for the 384-d Point-MAE family; unused (null) for PointGPT
 DROP_PATH = {"point_mae": 0.1, "act": 0.1, "recon": 0.1, "pointgpt_l": None, "pointgpt_s": None, "pointgpt_b": None}

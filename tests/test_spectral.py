@@ -7,10 +7,12 @@ import torch
 
 from pointgst.ops import curve_key
 from pointgst.spectral import (
+    EIGH_DTYPES,
     SpectralOptions,
     compute_spectral_basis,
     graph_adjacency,
     graph_laplacian,
+    pairwise_distances,
 )
 
 GFT_MODES = ["paper", "official_code"]
@@ -161,7 +163,7 @@ def test_float64_eigh_returns_caller_dtype(monkeypatch):
 
     monkeypatch.setattr(torch.linalg, "eigh", recording_eigh)
     centers = random_centers()
-    basis = compute_spectral_basis(centers, SpectralOptions(eigh_dtype=torch.float64))
+    basis = compute_spectral_basis(centers, SpectralOptions(eigh_dtype="float64"))
     assert eigh_dtypes == [torch.float64, torch.float64]
     assert basis.global_basis.dtype == basis.local_basis.dtype == basis.global_eigenvalues.dtype == torch.float32
     float32 = compute_spectral_basis(centers)
@@ -198,7 +200,7 @@ def test_bad_centres_raise(centers, match):
 @pytest.mark.parametrize(
     "field, value",
     [("curve", "peano"), ("laplacian", "random_walk"), ("dmin_scope", "global"), ("gft_mode", "U"),
-     ("eigh_dtype", torch.float16), ("local_size", 0)],
+     ("eigh_dtype", "float16"), ("eigh_dtype", torch.float64), ("distance", "euclidean"), ("local_size", 0)],
 )
 def test_bad_options_raise(field, value):
     with pytest.raises(ValueError, match=field):
@@ -214,3 +216,96 @@ def test_signal_of_wrong_shape_raises():
     basis = compute_spectral_basis(random_centers())
     with pytest.raises(ValueError, match="G=64"):
         basis.to_spectral_local(torch.randn(3, 65, 4))
+
+
+def test_eigh_dtypes_are_named():
+    """eigh_dtype is a name (a torch dtype is refused above): EIGH_DTYPES maps each name to its dtype."""
+    assert EIGH_DTYPES == {"float32": torch.float32, "float64": torch.float64}
+    assert SpectralOptions().eigh_dtype == "float32" and SpectralOptions().distance == "exact"
+
+
+# --------------------------------------------------------------------------- distance: "exact" and "cdist"
+
+
+def former_adjacency(centers: torch.Tensor, dmin_scope: str) -> torch.Tensor:
+    """The adjacency before the distance option, (B, M, n, 3) -> (B, M, n, n): ``d_min / d_ij`` where
+    ``d_ij > 0``, 1 on the diagonal and for coincident centres; d_min per sample or over the whole tensor."""
+    dist = (centers.unsqueeze(-2) - centers.unsqueeze(-3)).square().sum(-1).sqrt()
+    positive = dist > 0
+    dims = (1, 2, 3) if dmin_scope == "sample" else (0, 1, 2, 3)
+    d_min = torch.where(positive, dist, torch.inf).amin(dim=dims, keepdim=True)
+    d_min = torch.where(torch.isinf(d_min), 1.0, d_min)
+    return torch.where(positive, d_min / torch.where(positive, dist, 1.0), 1.0)
+
+
+def single_threaded_eigh(matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.linalg.eigh on one thread, as the library calls it on the CPU (the LAPACK thread count can change
+    the last bits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.eigh(matrices)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dmin_scope", ["sample", "batch"])
+def test_exact_distance_adjacency_is_unchanged(dmin_scope):
+    """distance="exact" (the default) keeps the former construction bit for bit, coincident centres included."""
+    centers = random_centers(batch=3, groups=64).unflatten(1, (2, 32))  # (B, M, n, 3)
+    centers[1, 0, 1::2] = centers[1, 0, ::2]  # coincident pairs
+    centers[2] = 0.5  # one sample with every centre at one point
+    expected = former_adjacency(centers, dmin_scope)
+    assert torch.equal(graph_adjacency(centers, dmin_scope), expected)
+    assert torch.equal(graph_adjacency(centers, dmin_scope, distance="exact"), expected)
+    # and so are the bases built from it
+    options = SpectralOptions(dmin_scope=dmin_scope)
+    flat = random_centers(batch=3, groups=64)
+    basis = compute_spectral_basis(flat, options)
+    values, vectors = single_threaded_eigh(graph_laplacian(former_adjacency(flat[:, None], dmin_scope)))
+    assert torch.equal(basis.global_basis, vectors[:, 0]) and torch.equal(basis.global_eigenvalues, values[:, 0])
+
+
+def official_graph_eigh(stack: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The official construction, written from its formulas, for graphs ``(N, n, 3)``: ``L = cdist``, ``d_min`` the
+    smallest positive entry of the whole tensor, ``W = 1 / (L / d_min + I)``, ``I - D^-1/2 W D^-1/2`` with
+    ``D^-1/2 = diag(rsqrt(rowsum + 1e-6))`` as matrix products, eigh in float32."""
+    distances = torch.cdist(stack, stack)
+    d_min = distances[distances > 0].min()
+    eye = torch.eye(stack.shape[1])
+    weights = 1 / (distances / d_min + eye)
+    inv_sqrt = torch.diag_embed(torch.rsqrt(weights.sum(-1) + 1e-6))
+    return single_threaded_eigh(eye - inv_sqrt @ weights @ inv_sqrt)
+
+
+def test_cdist_distance_reproduces_the_official_construction():
+    """distance="cdist" with dmin_scope="batch": bitwise the bases of the official formulas on the CPU."""
+    centers = random_centers(batch=3, groups=64)
+    options = SpectralOptions(dmin_scope="batch", distance="cdist")
+    basis = compute_spectral_basis(centers, options)
+
+    global_values, global_vectors = official_graph_eigh(centers)  # the (B * 1, G, 3) stack
+    order = torch.argsort(curve_key(centers, "z_order"), dim=1, stable=True)
+    local_centers = torch.stack([centers[b, order[b]] for b in range(3)]).reshape(3 * 2, 32, 3)
+    local_values, local_vectors = official_graph_eigh(local_centers)
+
+    assert torch.equal(basis.order, order)
+    assert torch.equal(basis.global_basis, global_vectors)
+    assert torch.equal(basis.global_eigenvalues, global_values)
+    assert torch.equal(basis.local_basis, local_vectors.reshape(3, 2, 32, 32))
+    assert torch.equal(basis.local_eigenvalues, local_values.reshape(3, 2, 32))
+
+
+def test_cdist_distances_and_round_off():
+    """pairwise_distances: "cdist" is torch.cdist on the (B * M, n, 3) stack, whose matrix-product path (above 25
+    points) may leave round-off on the diagonal (what makes the official d_min tiny, quirk Q18); "exact" has an
+    exactly zero diagonal."""
+    centers = random_centers(batch=2, groups=64).unflatten(1, (2, 32))
+    cdist = pairwise_distances(centers, "cdist")
+    stack = centers.reshape(4, 32, 3)
+    assert torch.equal(cdist, torch.cdist(stack, stack).reshape(2, 2, 32, 32))
+    exact = pairwise_distances(centers)
+    assert torch.equal(exact.diagonal(dim1=-2, dim2=-1), torch.zeros(2, 2, 32))
+    torch.testing.assert_close(cdist, exact, atol=1e-3, rtol=0)  # the round-off is small, the diagonal included
+    with pytest.raises(ValueError, match="distance"):
+        pairwise_distances(centers, "manhattan")

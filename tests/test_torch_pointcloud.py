@@ -1,6 +1,6 @@
 """Tests for pointgst.backbones.torch_pointcloud (torch-pointcloud hub layout -> official layout).
 
-The official layouts are generated here from the tables of docs/backbones.md (§1.4, §1.5, §2.3, §2.8). The
+The official layouts are generated here from the tables of docs/checkpoints.md (§1, §2, §3.1, §3.4). The
 torch-pointcloud layout is produced from them by an inverse mapping written independently in this file from
 the library's module definitions (PyG ``MLP`` -> ``lins.{j}`` / ``norms.{j}.module.*``, ``norm_f``, ``head``,
 ``cls_norm`` at top level, no extractor ``increase_dim``, 1x1 convs stored as 2-D Linear weights).
@@ -323,3 +323,23 @@ def test_partial_state_dict_converts_what_is_there() -> None:
     tpc = {"norm_f.weight": torch.ones(384), "head.lins.2.bias": torch.zeros(40)}
     converted = convert_torch_pointcloud_state_dict(tpc, "point_mae", kind="finetune")
     assert set(converted) == {"norm.weight", "cls_head_finetune.8.bias"}
+
+
+def test_convert_checkpoint_turns_a_hub_file_into_a_weights_folder(tmp_path) -> None:
+    """pointgst.converting.convert_checkpoint (the converter entry) reads a torch-pointcloud model.safetensors once
+    its architecture is named, and writes a weights folder that create_backbone loads with the official tensors."""
+    from safetensors.torch import save_file
+
+    import pointgst
+    from pointgst.converting import convert_checkpoint
+    from pointgst.errors import CheckpointError
+
+    official = make_tensors(official_shapes("point_mae", "finetune"))
+    save_file(to_torch_pointcloud(official, "point_mae", "finetune"), str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError, match="torch-pointcloud hub layout"):
+        convert_checkpoint(tmp_path / "model.safetensors", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    out = convert_checkpoint(tmp_path / "model.safetensors", tmp_path / "out", architecture="point_mae")
+    backbone = pointgst.create_backbone("point_mae", pretrained=out)
+    assert backbone.num_classes == 15 and backbone.load_report.missing_keys == []
+    assert_same(backbone.state_dict(), official)

@@ -5,7 +5,7 @@ dtype and device; nothing loops over the batch. Randomness comes from an explici
 = torch's global generator); random numbers are drawn on the generator's device in float64 and then moved to the
 points' device and dtype, so a seeded CPU generator gives the same draws for CPU and CUDA tensors of any dtype.
 
-Official training input (``runner_finetune.py``; backbones.md §3.4, pointgst.md §7)::
+Official training input (``runner_finetune.py``; docs/official.md §4.4)::
 
     points = fps_then_random_subset(points, npoints, point_all, generator)   # FPS to point_all, shared subset
     points = augment(points, "scale_translate", generator)                  # or "rotate_y" (ACT/ReCon on ScanObjectNN)

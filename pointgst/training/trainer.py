@@ -24,7 +24,6 @@ from pointgst.data.transforms import augment, fps_then_random_subset
 from pointgst.errors import RunError
 from pointgst.recipe import Recipe
 from pointgst.report import parameter_report
-from pointgst.tuner.model import PointGSTModel, keep_frozen_norms_in_eval
 
 from .data import base_dataset, build_splits, make_loader
 from .distributed import setup_distributed, teardown_distributed
@@ -192,9 +191,7 @@ class Trainer:
             self.scheduler.step()
 
     def _set_train_mode(self) -> None:
-        self.train_model.train()
-        if not isinstance(getattr(self.model, "base_model", None), PointGSTModel):
-            keep_frozen_norms_in_eval(self.model)  # PointGST's tuner does this itself (or, officially, does not)
+        self.train_model.train()  # a wrapped model keeps its frozen BatchNorm layers in eval mode itself
 
     @torch.no_grad()
     def _probe_loss(self, points: torch.Tensor, labels: torch.Tensor) -> float:

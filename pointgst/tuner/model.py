@@ -3,7 +3,6 @@
 from typing import Optional
 
 from peft.tuners.tuners_utils import BaseTuner
-from peft.utils import ModulesToSaveWrapper
 from torch import nn
 
 from pointgst.adapters import HEAD, PARALLEL
@@ -108,32 +107,9 @@ class PointGSTModel(BaseTuner):
                          "adapter (it is small) or call unload() to get the plain backbone back.")
 
     def _unload_and_optionally_merge(self, merge: bool = True, *args, **kwargs) -> nn.Module:
-        """Give back the clean backbone: adapters, token copies and trained head copies removed, the original
-        head restored (peft would keep the trained head copy, but not the trained tokens)."""
         if merge:
             self._check_merge_allowed()
-        for name, module in list(self.model.named_modules()):
-            if isinstance(module, ModulesToSaveWrapper):
-                parent_name, _, attr = name.rpartition(".")
-                setattr(self.model.get_submodule(parent_name) if parent_name else self.model, attr,
-                        module.original_module)
         return super()._unload_and_optionally_merge(merge=False, *args, **kwargs)
 
-    def train(self, mode: bool = True) -> "PointGSTModel":
-        """Train mode, except that frozen BatchNorm layers stay in eval mode when every adapter uses
-        ``bn_stats="frozen"`` (their statistics would otherwise drift and not be saved)."""
-        super().train(mode)
-        if mode and all(cfg.bn_stats == "frozen" for cfg in self.peft_config.values()):
-            keep_frozen_norms_in_eval(self.model)
-        return self
 
-
-def keep_frozen_norms_in_eval(model: nn.Module) -> None:
-    """Put every BatchNorm layer without trainable parameters in eval mode (its statistics stay as loaded)."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
-            module.eval()
-
-
-__all__ = ["BRANCHES", "CLASSIFY", "PointGSTModel", "SPECIAL_TOKENS", "default_target_modules",
-           "keep_frozen_norms_in_eval"]
+__all__ = ["BRANCHES", "CLASSIFY", "PointGSTModel", "SPECIAL_TOKENS", "default_target_modules"]

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from peft.utils import ModulesToSaveWrapper
+from torch import nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
@@ -30,6 +32,13 @@ ADAPTER_FORMAT = "pointgst-adapter"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 BACKBONE_STATE = "backbone_state.safetensors"
 METHOD_KEY = "pointgst_method"
+
+
+def keep_frozen_norms_in_eval(model: nn.Module) -> None:
+    """Put every BatchNorm layer without trainable parameters in eval mode (its statistics stay as loaded)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+            module.eval()
 
 
 def warn_unsaved_cls_tokens(folder: Path, method: str) -> None:
@@ -47,6 +56,24 @@ def method_name(config: Any) -> str:
 
 class PointPeftModel(PeftModel):
     """What ``pointgst.wrap`` returns for every adapter method (a ``peft.PeftModel``); see the module docstring."""
+
+    def train(self, mode: bool = True) -> "PointPeftModel":
+        """Train mode, except that frozen BatchNorm layers stay in eval mode (their statistics would otherwise drift,
+        and they are not saved), unless an adapter follows the official code (``bn_stats="update"``)."""
+        super().train(mode)
+        if mode and all(getattr(config, "bn_stats", "frozen") == "frozen" for config in self.peft_config.values()):
+            keep_frozen_norms_in_eval(self)
+        return self
+
+    def unload(self) -> nn.Module:
+        """The backbone as it was before wrapping: adapters removed, and the original of every module peft trained
+        as a copy (the head) put back (peft's own ``unload`` would keep the trained copy)."""
+        model = self.base_model.model
+        for name, module in list(model.named_modules()):
+            if isinstance(module, ModulesToSaveWrapper):
+                parent, _, attr = name.rpartition(".")
+                setattr(model.get_submodule(parent) if parent else model, attr, module.original_module)
+        return self.base_model.unload()
 
     def save_pretrained(self, save_directory: str | os.PathLike, *, overwrite: bool = False,
                         selected_adapters: list[str] | None = None, **kwargs: Any) -> Path:
@@ -106,7 +133,7 @@ class PointPeftModel(PeftModel):
             return result
         method = method_name(self.peft_config[adapter_name])
         self._check_method(folder, method)
-        missing = result.missing_keys
+        missing = [k for k in result.missing_keys if f".{adapter_name}." in k]  # peft's own filter over-matches
         if missing or result.unexpected_keys:
             raise CheckpointError(
                 f"{folder / ADAPTER_WEIGHTS} does not hold the tensors of a {method} adapter for this backbone "

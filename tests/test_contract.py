@@ -1,0 +1,166 @@
+"""The contract every registered method keeps on every backbone (``docs/design.md``, "Contracts"), one matrix over
+``pointgst.list_methods()`` x backbones, in the manner of peft's common tester and timm's ``list_models()`` tests:
+
+- an untrained wrapped model gives the frozen backbone's outputs exactly where the registry says it is exact;
+- one optimizer step changes trainable tensors only (and the statistics of trained modules);
+- ``save_pretrained`` -> ``pointgst.load_adapter`` in a fresh process seeded differently gives identical logits;
+- ``unload()`` gives the backbone back bit-exactly (``full`` trains the backbone itself: it returns it);
+- the parameter report's parts sum to its totals.
+
+Each backbone sits on a weights folder that, like a pretraining checkpoint, lacks the cls token and position and the
+head, so what the model depends on beyond its source must travel with the adapter. Grouping is small (32 groups of
+16 points, 128-point clouds) to keep the matrix fast; PointGPT-B/L run with ``-m slow``.
+"""
+
+import copy
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pointgst
+from pointgst.adapters import FULL, METHODS
+from pointgst.backbones.checkpoint import FOLDER_FORMAT, write_weights_folder
+
+GROUPING = {"num_group": 32, "group_size": 16}
+CLASSES = 5
+BACKBONES = ["point_mae_tiny", "point_mae", "pointgpt_s",
+             pytest.param("pointgpt_b", marks=pytest.mark.slow), pytest.param("pointgpt_l", marks=pytest.mark.slow)]
+METHOD_NAMES = METHODS.names()
+
+
+def points(batch: int, seed: int) -> torch.Tensor:
+    return torch.randn(batch, 128, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def pretraining_folder(arch: str, folder: Path) -> Path:
+    """A seeded random backbone saved without cls token, cls position and head, as a pretraining checkpoint is."""
+    torch.manual_seed(11)
+    backbone = pointgst.create_backbone(arch, num_classes=CLASSES, **GROUPING)
+    state = {k: v for k, v in backbone.state_dict().items()
+             if k not in ("cls_token", "cls_pos") and not k.startswith(backbone.head_prefixes)}
+    write_weights_folder(state, folder, {"format": FOLDER_FORMAT, "architecture": arch, "num_classes": None,
+                                         "backbone_options": {**GROUPING, "skip_near_origin": False}})
+    return folder
+
+
+def perturb_trainable(model: torch.nn.Module, seed: int) -> None:
+    """Seeded non-zero values in every trainable tensor, so that a reload missing any of them shows."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, param in sorted(model.named_parameters()):
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+
+
+def owners_of_trainable(model: torch.nn.Module) -> set[str]:
+    return {name.rpartition(".")[0] for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.fixture(scope="module", params=BACKBONES)
+def case(request, tmp_path_factory) -> dict:
+    """Per method on one backbone: outputs before and after wrapping, what one step changed, the unloaded backbone,
+    the report, and the logits of a fresh, differently seeded process that loaded the saved model."""
+    arch = request.param
+    root = tmp_path_factory.mktemp(arch)
+    source = pretraining_folder(arch, root / "backbone")
+    x, train_x = points(3, 1), points(4, 2)
+    labels = torch.arange(4) % CLASSES
+    results = {}
+    for method in METHOD_NAMES:
+        torch.manual_seed(21)
+        backbone = pointgst.create_backbone(arch, pretrained=source, num_classes=CLASSES).eval()
+        pristine = copy.deepcopy(backbone.state_dict())
+        with torch.no_grad():
+            frozen_logits = backbone(x)
+        model = pointgst.wrap(backbone, method=method).eval()
+        with torch.no_grad():
+            wrapped_logits = model(x)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+        owners = owners_of_trainable(model)
+        model.train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        F.cross_entropy(model(train_x), labels).backward()
+        optimizer.step()
+        changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+        perturb_trainable(model, seed=31)
+        model.eval()
+        with torch.no_grad():
+            trained_logits = model(x)
+        folder = root / method.replace("+", "_")
+        model.save_pretrained(folder)
+        report = pointgst.parameter_report(model)
+        counted = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        unloaded = model if METHODS.parts(method)[0].attaches == FULL else model.unload()
+        results[method] = dict(frozen=frozen_logits, wrapped=wrapped_logits, changed=changed, trainable=trainable,
+                               owners=owners, trained=trained_logits, folder=folder, report=report, counted=counted,
+                               pristine=pristine, unloaded=unloaded)
+    torch.save(x, root / "x.pt")
+    script = textwrap.dedent(f"""
+        import json, torch, pointgst
+        x = torch.load({str(root / 'x.pt')!r})
+        out = {{}}
+        for method, folder in json.loads({json.dumps({m: str(r['folder']) for m, r in results.items()})!r}).items():
+            torch.manual_seed(987654)  # not the seed the model was built with
+            with torch.no_grad():
+                out[method] = pointgst.load_adapter(folder).eval()(x)
+        torch.save(out, {str(root / 'reloaded.pt')!r})
+    """)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    reloaded = torch.load(root / "reloaded.pt")
+    for method in results:
+        results[method]["reloaded"] = reloaded[method]
+    return results
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_untrained_model_equals_the_frozen_backbone_where_the_registry_says_exact(case, method):
+    result = case[method]
+    exact = all(spec.exact_at_init for spec in METHODS.parts(method))
+    if exact:
+        assert torch.equal(result["wrapped"], result["frozen"]), method
+    else:  # a head method replaces the head: its registry entry must say so, and its outputs do differ
+        assert not torch.equal(result["wrapped"], result["frozen"]), method
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_one_step_changes_only_trainable_tensors(case, method):
+    result = case[method]
+    assert result["changed"], f"{method}: one optimizer step changed nothing"
+    for key in result["changed"]:
+        allowed = key in result["trainable"] or key.rpartition(".")[0] in result["owners"]
+        assert allowed, f"{method}: one step changed {key}, which is neither trainable nor a trained module's buffer"
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_save_then_load_in_a_fresh_differently_seeded_process_gives_identical_logits(case, method):
+    result = case[method]
+    assert (result["reloaded"] - result["trained"]).abs().max().item() <= 1e-6, method
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_unload_gives_the_backbone_back_bit_exactly(case, method):
+    result = case[method]
+    unloaded = result["unloaded"].state_dict()
+    if METHODS.parts(method)[0].attaches == FULL:
+        assert isinstance(result["unloaded"], pointgst.backbones.PointBackbone)  # full fine-tuning IS the backbone
+        return
+    assert unloaded.keys() == result["pristine"].keys(), method
+    assert all(torch.equal(unloaded[k], v) for k, v in result["pristine"].items()), method
+
+
+@pytest.mark.parametrize("method", METHOD_NAMES)
+def test_report_parts_sum_to_the_totals(case, method):
+    result = case[method]
+    report = result["report"]
+    assert sum(report.breakdown.values()) == report.trainable == result["counted"], method
+    assert report.backbone_total == sum(v.numel() for k, v in result["pristine"].items()
+                                        if v.is_floating_point() and "running_" not in k), method
+    assert report.method == method
