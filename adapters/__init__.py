@@ -3,7 +3,7 @@
 Adding a method = adding its folder (config dataclass, module, ``METHOD`` spec) and one line below.
 """
 
-from . import pcsa, dcnv4, deepla, lora
+from . import dcnv4, deepla, lora, pcsa
 from .baselines import FULL_FINE_TUNING, LINEAR
 from .dcnv4 import DCNv4, DCNv4Config, DeformablePointLayer
 from .deepla import DeepLAHead, DeepLAHeadConfig

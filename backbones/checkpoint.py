@@ -16,7 +16,6 @@ import json
 import os
 import pickle
 import re
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,6 +26,8 @@ from torch import Tensor, nn
 from pointgst.atomic import write_folder
 from pointgst.errors import CheckpointError, UnsafeCheckpointError
 from pointgst.version import __version__
+
+from .torch_pointcloud_keys import _PGPT_WIDTH_TO_ARCH
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -158,7 +159,6 @@ def detect_architecture(state: Mapping[str, Tensor]) -> str:
     width = _block_width(state)
     if any(k.startswith("blocks.blocks.") for k in state):
         return "point_mae_tiny" if width == 192 else "point_mae"
-    from .torch_pointcloud import _PGPT_WIDTH_TO_ARCH
     if any(k.startswith("blocks.layers.") for k in state) and width in _PGPT_WIDTH_TO_ARCH:
         return _PGPT_WIDTH_TO_ARCH[width]
     raise CheckpointError(f"cannot tell the architecture of this checkpoint ({describe_state_dict(state)}); "

@@ -9,8 +9,14 @@ from torch import Tensor
 
 from pointgst.version import __version__
 
-from .checkpoint import (FOLDER_FORMAT, LoadReport, detect_architecture, fit_state_dict, head_classes,
-                         write_weights_folder)
+from .checkpoint import (
+    FOLDER_FORMAT,
+    LoadReport,
+    detect_architecture,
+    fit_state_dict,
+    head_classes,
+    write_weights_folder,
+)
 from .factory import ARCHITECTURES, DEFAULT_NUM_CLASSES
 
 

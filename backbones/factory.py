@@ -11,11 +11,19 @@ from typing import Any, Callable
 from pointgst.errors import CheckpointError, UnknownNameError
 
 from .base import PointBackbone
-from .checkpoint import (CONFIG_FILE, FOLDER_FORMAT, WEIGHTS_FILE, LoadReport, fit_state_dict, read_checkpoint,
-                         unwrap_state_dict)
+from .checkpoint import (
+    CONFIG_FILE,
+    FOLDER_FORMAT,
+    WEIGHTS_FILE,
+    LoadReport,
+    fit_state_dict,
+    read_checkpoint,
+    unwrap_state_dict,
+)
 from .point_mae import PointMAE, PointMAETiny
 from .pointgpt import SIZES, PointGPT
 from .pretrained import PRETRAINED_CFGS, PretrainedCfg, hub_snapshot, resolve_pretrained_file
+from .torch_pointcloud import convert_torch_pointcloud_state_dict, looks_like_torch_pointcloud
 
 logger = logging.getLogger("pointgst")
 
@@ -126,7 +134,6 @@ def read_official_state(file: Path, architecture: str | None) -> dict:
     """Read ``file`` into the official fine-tuning key layout: official remapping rules, and conversion of
     the torch-pointcloud hub layout (which needs ``architecture``)."""
     state = unwrap_state_dict(read_checkpoint(file), source=str(file))
-    from .torch_pointcloud import convert_torch_pointcloud_state_dict, looks_like_torch_pointcloud
     if looks_like_torch_pointcloud(state):
         if architecture is None:
             raise CheckpointError(f"{file} is in the torch-pointcloud hub layout; name its architecture "

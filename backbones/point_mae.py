@@ -9,7 +9,7 @@ from pointgst.geometry import TokenGeometry
 
 from .base import PointBackbone
 from .grouping import PatchGrouper
-from .layers import DropPath, PatchEncoder, Handle, classification_head
+from .layers import DropPath, Handle, PatchEncoder, classification_head
 
 
 class Attention(nn.Module):

@@ -12,7 +12,7 @@ from pointgst.losses import chamfer_l1, chamfer_l2
 
 from .base import PointBackbone
 from .grouping import PatchGrouper
-from .layers import PatchEncoder, Handle, classification_head
+from .layers import Handle, PatchEncoder, classification_head
 
 SIZES = {
     "pointgpt_s": dict(embed_dim=384, depth=12, num_heads=6, large_encoder=False),

@@ -4,6 +4,8 @@ import argparse
 import logging
 import sys
 
+from pointgst.errors import RunError
+
 
 def _convert(args: argparse.Namespace) -> None:
     from pointgst.converting import convert_checkpoint
@@ -233,8 +235,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from pointgst.errors import RunError
-
     try:
         args.run(args)
     except (ValueError, OSError, RunError) as err:

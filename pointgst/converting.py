@@ -13,8 +13,13 @@ from pathlib import Path
 from torch import Tensor
 
 from pointgst.atomic import write_folder
-from pointgst.backbones.checkpoint import (FOLDER_FORMAT, detect_architecture, fit_state_dict, head_classes,
-                                           write_weights_folder)
+from pointgst.backbones.checkpoint import (
+    FOLDER_FORMAT,
+    detect_architecture,
+    fit_state_dict,
+    head_classes,
+    write_weights_folder,
+)
 from pointgst.backbones.convert import convert_backbone_state
 from pointgst.backbones.factory import ARCHITECTURES, read_official_state
 from pointgst.errors import CheckpointError

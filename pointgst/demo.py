@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from pointgst.recipe import Recipe
+from pointgst.report import parameter_report
+from pointgst.training import Trainer
 
 DEMO_BACKBONE = "point_mae_tiny.modelnet40"
 
@@ -50,9 +52,6 @@ def run_demo(out_dir: str | Path, *, random_weights: bool = False, epochs: int |
              report: bool = True) -> dict[str, Any]:
     """Train the demo into ``out_dir`` (which must not hold a run); returns the run summary. With ``report``, print
     the trainable-parameter report before training."""
-    from pointgst.report import parameter_report
-    from pointgst.training import Trainer
-
     recipe = demo_recipe(random_weights=random_weights, **({"epochs": epochs} if epochs else {}))
     trainer = Trainer(recipe, out_dir, progress=progress)
     if report:

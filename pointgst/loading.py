@@ -12,10 +12,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+from peft import PeftConfig
+from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
 from torch import nn
 
-from pointgst.backbones import PointBackbone, create_backbone
 from pointgst.atomic import read_manifest
+from pointgst.backbones import PointBackbone, create_backbone
 from pointgst.backbones.checkpoint import CONFIG_FILE, FOLDER_FORMAT, read_checkpoint
 from pointgst.backbones.factory import folder_config, parse_name
 from pointgst.backbones.pretrained import PRETRAINED_CFGS, hub_snapshot
@@ -23,6 +25,7 @@ from pointgst.errors import CheckpointError
 from pointgst.tuner import PointPeftModel
 from pointgst.tuner.keys import head_classes
 from pointgst.tuner.peft_model import ADAPTER_WEIGHTS, warn_unsaved_cls_tokens
+from pointgst.wrapping import wrap
 
 PEFT_CONFIG = "adapter_config.json"
 
@@ -69,9 +72,6 @@ def load_adapter(adapter: str | os.PathLike, backbone_or_name: nn.Module | str |
 
 
 def _read_peft_config(folder: Path):
-    from peft import PeftConfig
-    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
-
     try:  # the config class's own from_pretrained, which migrates older layouts (PointGSTConfig.check_kwargs)
         return PEFT_TYPE_TO_CONFIG_MAPPING[PeftConfig._get_peft_type(str(folder))].from_pretrained(str(folder))
     except (ValueError, KeyError, TypeError, OSError) as err:
@@ -126,8 +126,6 @@ def _load_weights_folder(folder: Path, backbone: nn.Module | str | None) -> nn.M
         model.requires_grad_(True)
         model.tuning_method = "full"
         return model
-    from pointgst.wrapping import wrap
-
     if not isinstance(backbone, nn.Module):
         backbone = _rebuild(folder, backbone or config.get("base"), config["architecture"], config["num_classes"],
                             options)

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from pointgst.data import build_dataset
+from pointgst.recipe import DATASET_CLASSES
 from pointgst.training.evaluate import scores_from
 
 
@@ -82,9 +84,6 @@ def probe_modelnet_pack(backbone: torch.nn.Module, root: str, *, dataset: str = 
                         progress: bool = False) -> ProbeResult:
     """:func:`linear_probe` on the train / test splits of a ModelNet ``.npz`` pack (``modelnet40``, or its
     ``modelnet10`` rows), both in stored point order."""
-    from pointgst.data import build_dataset
-    from pointgst.recipe import DATASET_CLASSES
-
     data = {"dataset": dataset, "root": root, "format": "npz", "shuffle_points": False}
     return linear_probe(backbone, build_dataset(data, "train"), build_dataset(data, "test"), DATASET_CLASSES[dataset],
                         progress=progress)

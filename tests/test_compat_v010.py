@@ -60,7 +60,8 @@ def test_a_run_folder_evaluates_and_rebuilds_its_model(tmp_path):
     shutil.copytree(FIXTURES / "run_pcsa", run)
     recipe_file = run / "recipe.yaml"  # 0.1.0 recorded the absolute path of the checkout that made it
     text = recipe_file.read_text()
-    recorded_root = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.strip().startswith("root:"))
+    recorded_root = next(line.split(":", 1)[1].strip() for line in text.splitlines()
+                         if line.strip().startswith("root:"))
     recipe_file.write_text(text.replace(recorded_root, str(sample_data_folder())))
     recipe = read_run_recipe(run)
     model = build_model(recipe).eval()

@@ -524,7 +524,7 @@ def write_ply(path: Path, xyz: np.ndarray, fmt: str = "ascii", *, faces: bool = 
     fields = [("x", endian + "f4"), ("y", endian + "f4"), ("z", endian + "f8")] + ([("red", "u1")] if extra else [])
     table = np.zeros(len(xyz), dtype=fields)
     table["x"], table["y"], table["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    header = [f"ply", f"format {fmt} 1.0", "comment made by a test", f"element vertex {len(xyz)}"]
+    header = ["ply", f"format {fmt} 1.0", "comment made by a test", f"element vertex {len(xyz)}"]
     header += [f"property {PLY_TYPES[t[-2:]]} {n}" for n, t in fields]
     if faces:
         header += ["element face 1", "property list uchar int vertex_indices"]

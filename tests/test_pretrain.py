@@ -16,6 +16,7 @@ from torch import nn
 import pointgst
 from pointgst.backbones.layers import PatchEncoder
 from pointgst.backbones.point_mae_pretrain import PointMAEPretrain
+
 from .cli_runs import finish, kill_after_first_checkpoint, run_cli_here, start_cli
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

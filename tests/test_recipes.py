@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pointgst.recipe import (BackboneSpec, DataSpec, EvalSpec, MethodSpec, Recipe, RecipeError, TrainSpec,
-                             list_recipes, load_recipe)
+from pointgst.recipe import (
+    BackboneSpec,
+    DataSpec,
+    EvalSpec,
+    MethodSpec,
+    Recipe,
+    RecipeError,
+    TrainSpec,
+    list_recipes,
+    load_recipe,
+)
 
 RECIPE_DIR = Path(__file__).resolve().parents[1] / "recipes"
 SECTIONS = {"backbone": BackboneSpec, "method": MethodSpec, "data": DataSpec, "train": TrainSpec, "eval": EvalSpec}

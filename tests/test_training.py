@@ -13,6 +13,7 @@ import pointgst
 from pointgst.recipe import load_recipe
 from pointgst.training.optim import build_scheduler, official_lr, parameter_groups
 from pointgst.tuner.keys import official_name
+
 from .cli_runs import finish, kill_after_first_checkpoint, run_cli_here, start_cli
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

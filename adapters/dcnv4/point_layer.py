@@ -31,9 +31,10 @@ class DeformablePointLayer(nn.Module):
 
     The geometry (references, sigma, neighbour selection) is computed from the token geometry's normalised centres
     (:meth:`TokenGeometry.normalized_centers`: the same ratios of distances at any input scale, no overflow of
-    squared distances): it is input, never trained. Offsets and modulation are predicted from the bottleneck ``v_i`` rather than
-    from ``x_i`` (``W_om`` factored as C -> hidden -> 4GK with the first factor shared with ``W_v``), which keeps the
-    layer at PCSA's budget. Special tokens (the leading ``T - G`` tokens: cls, or sos + cls) get exactly zero.
+    squared distances): it is input, never trained. Offsets and modulation are predicted from the bottleneck ``v_i``
+    rather than from ``x_i`` (``W_om`` factored as C -> hidden -> 4GK with the first factor shared with ``W_v``),
+    which keeps the layer at PCSA's budget. Special tokens (the leading ``T - G`` tokens: cls, or sos + cls) get
+    exactly zero.
 
     Initialisation (DCNv4's): ``offset_mask`` weight and bias zero (offsets and masks zero), ``value_proj`` and
     ``output_proj`` Xavier-uniform weights with zero biases. An untrained layer therefore adds exactly zero, while the

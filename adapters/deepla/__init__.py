@@ -1,7 +1,17 @@
 """The DeepLA-Net head (``deepla_head``): config, building blocks, head, registry entry."""
 
 from ..registry import HEAD, MethodSpec
-from .blocks import FFN, VFR, DeepLAStage, Downsample, PointBatchNorm, ResLFE, StagePositionEmbedding, kemp, knn_geometry
+from .blocks import (
+    FFN,
+    VFR,
+    DeepLAStage,
+    Downsample,
+    PointBatchNorm,
+    ResLFE,
+    StagePositionEmbedding,
+    kemp,
+    knn_geometry,
+)
 from .config import DeepLAHeadConfig
 from .head import DeepLAHead, hybrid_weights
 

@@ -39,10 +39,12 @@ class DeepLAHead(nn.Module):
        :class:`StagePositionEmbedding`, then runs a :class:`ResLFE` of ``depths[s]`` iterations; stochastic-depth rates
        ``linspace(0, drop_path_rate, sum(depths))`` split over the stages.
     4. ``[max, mean]`` over the last stage's points -> Linear(2 width -> hidden) BN GELU Dropout(0.5) ->
-       Linear(hidden -> hidden) BN GELU -> Linear(hidden -> num_classes) (the light PEFT classifier of ``docs/methods.md`` §4.1, step 4).
-    5. ``hybrid=True`` adds hybrid deep supervision (training only, ``docs/methods.md`` §3.3 and §4.1 step 5): per stage a semantic head
-       ``Linear_{no bias}(BN(max-pooled stage feature))`` and a spatial ``cor_head`` (Linear width->32 no bias, BN,
-       GELU, Linear 32->3 no bias) regressing ``(p_j - p_i) / sigma`` by ``h_j - h_i`` (MSE over all kNN edges).
+       Linear(hidden -> hidden) BN GELU -> Linear(hidden -> num_classes) (the light PEFT classifier of
+       ``docs/methods.md`` §4.1, step 4).
+    5. ``hybrid=True`` adds hybrid deep supervision (training only, ``docs/methods.md`` §3.3 and §4.1 step 5): per
+       stage a semantic head ``Linear_{no bias}(BN(max-pooled stage feature))`` and a spatial ``cor_head`` (Linear
+       width->32 no bias, BN, GELU, Linear 32->3 no bias) regressing ``(p_j - p_i) / sigma`` by ``h_j - h_i`` (MSE
+       over all kNN edges).
        A training forward stores them in :attr:`semantic_logits` and :attr:`spatial_losses` (cleared by every
        forward, left empty in eval mode); :meth:`auxiliary_loss` weighs them. They never touch the main logits.
 

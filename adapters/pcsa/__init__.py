@@ -1,7 +1,6 @@
 """PointGST's Point Cloud Spectral Adapter (``pcsa``): config, module, and its registry entry."""
 
 from ..registry import PARALLEL, MethodSpec
-
 from .config import OFFICIAL_OPTIONS, PCSAConfig
 from .module import PCSA
 

@@ -10,6 +10,7 @@ recipe's data section), ``splits`` (stratified splits and subsets), ``fewshot``,
 
 from pointgst.data.base import PointCloudDataset
 from pointgst.data.build import build_dataset
+from pointgst.data.fewshot import EpisodeSubset, few_shot_episode
 from pointgst.data.folder import PointCloudFolder
 from pointgst.data.modelnet import (
     MODELNET10_CLASSES,
@@ -20,10 +21,9 @@ from pointgst.data.modelnet import (
     UnsafeDatasetError,
     convert_dat_to_npz,
 )
+from pointgst.data.readers import DatasetError, DatasetNotFoundError
 from pointgst.data.scanobjectnn import SCANOBJECTNN_CLASSES, ScanObjectNN
 from pointgst.data.splits import stratified_split, stratified_subset
-from pointgst.data.fewshot import EpisodeSubset, few_shot_episode
-from pointgst.data.readers import DatasetError, DatasetNotFoundError
 from pointgst.data.transforms import (
     AUGMENTATIONS,
     augment,

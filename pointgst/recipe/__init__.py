@@ -9,14 +9,28 @@ Every field is type-checked and range-checked when a recipe is built, from a fil
 (``train.epochs=5``) or the classes themselves, and when a field is assigned; errors are one-line
 :class:`RecipeError` naming the key. Loading imports neither torch nor the data code, so it is instantaneous.
 
-- :mod:`pointgst.recipe.schema`: the sections and :class:`Recipe` (pydantic v2), the error messages;
+- :mod:`pointgst.recipe.schema`: the sections and :class:`Recipe` (pydantic v2 dataclasses);
+- :mod:`pointgst.recipe.validation`: the shared pydantic config and the one-line error messages;
 - :mod:`pointgst.recipe.loading`: YAML files, built-in recipes, overrides, :func:`load_recipe`, :func:`list_recipes`.
 """
 
 from pointgst.recipe.loading import list_recipes, load_recipe
-from pointgst.recipe.schema import (AUGMENTATIONS, DATASET_CLASSES, DATASET_FORMATS, PRETRAIN_METHOD,
-                                    SCANOBJECTNN_VARIANTS, SCHEDULES, SELECTIONS, BackboneSpec, DataSpec, EvalSpec,
-                                    MethodSpec, Recipe, RecipeError, TrainSpec)
+from pointgst.recipe.schema import (
+                                    AUGMENTATIONS,
+                                    DATASET_CLASSES,
+                                    DATASET_FORMATS,
+                                    PRETRAIN_METHOD,
+                                    SCANOBJECTNN_VARIANTS,
+                                    SCHEDULES,
+                                    SELECTIONS,
+                                    BackboneSpec,
+                                    DataSpec,
+                                    EvalSpec,
+                                    MethodSpec,
+                                    Recipe,
+                                    RecipeError,
+                                    TrainSpec,
+)
 
 __all__ = ["AUGMENTATIONS", "DATASET_CLASSES", "DATASET_FORMATS", "PRETRAIN_METHOD", "SCANOBJECTNN_VARIANTS",
            "SCHEDULES", "SELECTIONS", "BackboneSpec", "DataSpec", "EvalSpec", "MethodSpec", "Recipe", "RecipeError",

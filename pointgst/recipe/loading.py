@@ -16,8 +16,16 @@ from typing import Any
 
 import yaml
 
-from pointgst.recipe.schema import (_SECTIONS, _TOP_KEYS, Recipe, RecipeError, _allowed_types, _check_keys,
-                                    _field_names, _fields, _kind, validate_field)
+from pointgst.recipe.schema import _SECTIONS, _TOP_KEYS, Recipe
+from pointgst.recipe.validation import (
+    RecipeError,
+    _allowed_types,
+    _check_keys,
+    _field_names,
+    _fields,
+    _kind,
+    validate_field,
+)
 
 
 class _Loader(yaml.SafeLoader):

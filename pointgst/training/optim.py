@@ -7,6 +7,7 @@ from torch import nn
 
 from pointgst.tuner.keys import official_name
 
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """The official two groups (``tools/builder.py``): no weight decay for 1-D parameters, names ending in
     ``.bias`` and names containing ``token``; ``weight_decay`` for the rest (so ``cls_pos`` is decayed, quirk Q8).

@@ -24,10 +24,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from pointgst.recipe import PRETRAIN_METHOD, Recipe, RecipeError
-
 from pointgst.backbones.point_mae_pretrain import PRETRAIN_ARCHITECTURES, PointMAEPretrain
 from pointgst.converting import convert_checkpoint
+from pointgst.recipe import PRETRAIN_METHOD, Recipe, RecipeError
 
 from .data import base_dataset, build_splits
 from .run_files import CURVES_PNG, SUMMARY, plot_curves, save_atomic, write_text_atomic

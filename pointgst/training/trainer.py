@@ -30,8 +30,19 @@ from .distributed import setup_distributed, teardown_distributed
 from .evaluate import Scores, split_scores, vote_results
 from .optim import build_scheduler, num_epochs, parameter_groups
 from .run_dir import RunLock, prepare_run_dir
-from .run_files import (BEST_STATE, CHECKPOINT, CURVES_PNG, SUMMARY, MetricsLog, load_run_file, load_trainable_state,
-                        plot_curves, save_atomic, trainable_state, write_text_atomic)
+from .run_files import (
+    BEST_STATE,
+    CHECKPOINT,
+    CURVES_PNG,
+    SUMMARY,
+    MetricsLog,
+    load_run_file,
+    load_trainable_state,
+    plot_curves,
+    save_atomic,
+    trainable_state,
+    write_text_atomic,
+)
 from .seeds import derived_seed, rng_state, set_rng_state
 from .setup import build_model, preflight, selection_split
 
@@ -168,9 +179,9 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         raise TrainingDivergedError(
             f"the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: training stopped before updating the "
-            f"weights (learning rate {lr:g}). Likely causes: a learning rate too high (train.lr={self.recipe.train.lr:g}"
-            "), clouds with extreme coordinates, or fp16 overflow. The last saved epoch in the run folder is intact: "
-            "fix the cause and start again, or --resume with the same recipe")
+            f"weights (learning rate {lr:g}). Likely causes: a learning rate too high "
+            f"(train.lr={self.recipe.train.lr:g}), clouds with extreme coordinates, or fp16 overflow. The epochs saved "
+            "so far are intact; with another recipe, start a new run in another --out folder")
 
     def _progress_bar(self, loader: DataLoader, epoch: int):
         """``loader`` wrapped in the epoch's progress bar (main process, unless progress is off)."""
@@ -228,7 +239,8 @@ class Trainer:
     # -- the end ----------------------------------------------------------------------------------------------
     def _finish(self, seconds: float) -> dict[str, Any]:
         last_test = self._scores("test")
-        load_trainable_state(self.model, load_run_file(self.run_dir / BEST_STATE), source=str(self.run_dir / BEST_STATE))
+        best = self.run_dir / BEST_STATE
+        load_trainable_state(self.model, load_run_file(best), source=str(best))
         best_test = self._scores("test")
         summary = {
             "recipe": self.recipe.name, "selection": selection_split(self.recipe),

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from peft import PeftModel
 from peft.utils import ModulesToSaveWrapper
-from torch import nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from pointgst.atomic import read_manifest, write_folder
 from pointgst.errors import CheckpointError
@@ -37,7 +37,8 @@ METHOD_KEY = "pointgst_method"
 def keep_frozen_norms_in_eval(model: nn.Module) -> None:
     """Put every BatchNorm layer without trainable parameters in eval mode (its statistics stay as loaded)."""
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters()):
+        frozen = not any(p.requires_grad for p in module.parameters())
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and frozen:
             module.eval()
 
 
@@ -101,7 +102,8 @@ class PointPeftModel(PeftModel):
         """Record the method in the adapter weights' metadata."""
         path = folder / ADAPTER_WEIGHTS
         tensors = load_file(str(path))
-        save_file(tensors, str(path), metadata={"format": "pt", METHOD_KEY: method_name(self.peft_config[adapter_name])})
+        method = method_name(self.peft_config[adapter_name])
+        save_file(tensors, str(path), metadata={"format": "pt", METHOD_KEY: method})
 
     def unsaved_backbone_state(self, adapter_name: str = "default") -> dict[str, torch.Tensor]:
         """Backbone tensors the model depends on that neither the backbone's weights source provides nor the adapter
