@@ -43,6 +43,7 @@ class PointBackbone(nn.Module):
 
     def __init__(self, arch_config: dict[str, Any]):
         super().__init__()
+        check_int("num_classes", arch_config["num_classes"], 1)
         self.arch_config = dict(arch_config)
         self.name_or_path: str | None = None  # what create_backbone was given; recorded in peft adapter configs
         self.load_report: LoadReport | None = None  # what loading pretrained weights did

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from peft import PeftModel
 from peft.utils import ModulesToSaveWrapper
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -128,6 +128,9 @@ class PointPeftModel(PeftModel):
         try:
             result = super().load_adapter(model_id, adapter_name, is_trainable=is_trainable,
                                           torch_device=torch_device, **kwargs)
+        except SafetensorError as err:
+            raise CheckpointError(f"{Path(model_id) / ADAPTER_WEIGHTS} is not a readable safetensors file ({err}); "
+                                  "save the model again") from None
         except RuntimeError as err:  # shape mismatches from load_state_dict
             raise CheckpointError(f"the adapter weights in {model_id} do not fit this model: "
                                   f"{str(err).splitlines()[-1].strip()}") from None
