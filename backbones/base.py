@@ -13,7 +13,7 @@ from pointgst.validation import check_int, model_input
 
 from .checkpoint import FOLDER_FORMAT, LoadReport, write_weights_folder
 from .grouping import PatchGrouper
-from .layers import Handle, classification_head, init_vit_weights
+from .layers import BlockStack, Handle, classification_head, init_vit_weights
 
 
 class PointBackbone(nn.Module):
@@ -126,6 +126,24 @@ class PointBackbone(nn.Module):
         new = classification_head(self.num_features, num_classes)
         setattr(parent, attr, new.to(device=old[0].weight.device, dtype=old[0].weight.dtype))
         self.arch_config["num_classes"] = num_classes
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute the transformer blocks' activations in the backward pass instead of keeping them (less memory,
+        one more forward of the blocks per step). Results are identical up to float rounding. The Hugging Face
+        convention: a wrapped model forwards the call to its backbone."""
+        self._set_gradient_checkpointing(True)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self._set_gradient_checkpointing(False)
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(isinstance(m, BlockStack) and m.gradient_checkpointing for m in self.modules())
+
+    def _set_gradient_checkpointing(self, enabled: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, BlockStack):
+                module.gradient_checkpointing = enabled
 
     @property
     def head_prefixes(self) -> tuple[str, ...]:

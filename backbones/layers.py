@@ -6,6 +6,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from pointgst.stochastic_depth import drop_path
 
@@ -40,6 +41,21 @@ class Handle(nn.Module):
 
     def forward(self, *args: Tensor) -> Any:
         return self.fn(*args)
+
+
+class BlockStack(nn.Module):
+    """Base of a module that runs transformer blocks: ``x = block(x + pos, geometry)`` for every block, each block's
+    activations recomputed in the backward pass instead of kept when ``gradient_checkpointing`` is on (set through
+    the backbone's ``gradient_checkpointing_enable()``; only while training with autograd)."""
+
+    gradient_checkpointing = False
+
+    def run_blocks(self, blocks: nn.ModuleList, x: Tensor, pos: Tensor, geometry: Any) -> Tensor:
+        """x, pos (B, T, C) -> (B, T, C) after every block."""
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for block in blocks:
+            x = checkpoint(block, x + pos, geometry, use_reentrant=False) if recompute else block(x + pos, geometry)
+        return x
 
 
 def init_vit_weights(module: nn.Module) -> None:

@@ -9,7 +9,7 @@ from pointgst.geometry import TokenGeometry
 
 from .base import PointBackbone
 from .grouping import PatchGrouper
-from .layers import DropPath, Handle, PatchEncoder, classification_head
+from .layers import BlockStack, DropPath, Handle, PatchEncoder, classification_head
 
 
 class Attention(nn.Module):
@@ -72,7 +72,7 @@ class Block(nn.Module):
         return x + self.ffn_branch(x, geometry)
 
 
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(BlockStack):
     """``depth`` blocks; the positional embedding is re-added before every block: ``x = block(x + pos, geometry)``."""
 
     def __init__(self, dim: int, depth: int, num_heads: int, drop_path_rate: float):
@@ -81,9 +81,7 @@ class TransformerEncoder(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, num_heads, drop_path=rate) for rate in rates)
 
     def forward(self, x: Tensor, pos: Tensor, geometry: TokenGeometry | None = None) -> Tensor:
-        for block in self.blocks:
-            x = block(x + pos, geometry)
-        return x
+        return self.run_blocks(self.blocks, x, pos, geometry)
 
 
 class PointMAE(PointBackbone):

@@ -12,7 +12,7 @@ from pointgst.losses import chamfer_l1, chamfer_l2
 
 from .base import PointBackbone
 from .grouping import PatchGrouper
-from .layers import Handle, PatchEncoder, classification_head
+from .layers import BlockStack, Handle, PatchEncoder, classification_head
 
 SIZES = {
     "pointgpt_s": dict(embed_dim=384, depth=12, num_heads=6, large_encoder=False),
@@ -80,7 +80,7 @@ class GPTBlock(nn.Module):
         return x + self.ffn_branch(x, geometry)
 
 
-class GPTStack(nn.Module):
+class GPTStack(BlockStack):
     """A causal block stack with ``sos``, ``ln_f`` and ``increase_dim`` (the official ``GPT_extractor`` /
     ``GPT_generator`` layout). ``pos`` is re-added before every layer."""
 
@@ -94,9 +94,7 @@ class GPTStack(nn.Module):
 
     def run_layers(self, h: Tensor, pos: Tensor, geometry: TokenGeometry | None = None) -> Tensor:
         """h, pos (B, T, C) -> ln_f(layers(h)) (B, T, C)."""
-        for layer in self.layers:
-            h = layer(h + pos, geometry)
-        return self.ln_f(h)
+        return self.ln_f(self.run_blocks(self.layers, h, pos, geometry))
 
 
 class GPTExtractor(GPTStack):

@@ -6,7 +6,7 @@ benchmark times three conditions on the same random batch, all in eval mode unde
 (a) ``frozen``  -- the plain backbone's forward (grouping + patch encoder + blocks + head), no adapters.
 (b) ``wrapped`` -- the same weights wrapped by ``pointgst.wrap(..., method="pcsa")``: the backbone's forward
     plus one PCSA module per block *and* the spectral bases of the token centres (computed once per forward
-    by the model's shared ``SpectralContext``, then reused by every block).
+    by the forward's token geometry, then reused by every block).
 (c) ``bases``   -- ``compute_spectral_basis`` alone, on the centres that forward (b) grouped, with the
     wrapped model's ``SpectralOptions``: the eigendecompositions of B global graphs (G x G) and B * G/k local
     graphs (k x k).
@@ -22,7 +22,7 @@ How to read the table (times are per forward of one batch, medians over the repe
   ``(b)/(a) - 1 - (c)/(a)`` is roughly what the PCSA modules themselves (and the wrapping) cost.
 - ``(b)-(a)``: absolute extra time per forward, in ms (a difference of medians, so it can be slightly
   negative when the overhead is below the noise).
-- ``bases/fwd``: eigendecompositions per wrapped forward, read from ``spectral_context.computations``. It must
+- ``bases/fwd``: eigendecompositions per wrapped forward, counted around the token geometry. It must
   be 1 (one shared basis for all blocks); the script prints a warning and exits with status 1 otherwise.
 - ``spread``: (max - min) / median over the repeats of each condition; large values mean a noisy machine,
   so take the ratios with a pinch of salt.
@@ -56,6 +56,7 @@ import torch
 from torch import Tensor, nn
 
 import pointgst
+from pointgst import geometry
 from pointgst.spectral import SpectralOptions, compute_spectral_basis
 
 
@@ -175,7 +176,7 @@ def timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def spectral_options(wrapped: nn.Module) -> SpectralOptions:
-    return wrapped.peft_config[wrapped.active_adapter].spectral_options()
+    return wrapped.peft_config[wrapped.active_adapter].method_configs()["pcsa"].spectral_options()
 
 
 def run_setting(backbone: str, setting: Setting, device: torch.device, batch_size: int, repeats: int,
@@ -185,7 +186,7 @@ def run_setting(backbone: str, setting: Setting, device: torch.device, batch_siz
     frozen, wrapped = build_models(backbone, setting, device)
     points = (torch.rand(batch_size, setting.num_points, 3, generator=torch.Generator().manual_seed(seed)) * 2 - 1)
     points = points.to(device)
-    context = wrapped.base_model.spectral_context
+    counter = BasisCounter()
     options = spectral_options(wrapped)
     with torch.no_grad():
         centers: Tensor = frozen.group_divider(points)[1]  # deterministic: the wrapped model's centres too
@@ -201,15 +202,35 @@ def run_setting(backbone: str, setting: Setting, device: torch.device, batch_siz
         for round_index in range(warmup + repeats):
             shift = round_index % len(CONDITIONS)
             for name in CONDITIONS[shift:] + CONDITIONS[:shift]:
-                before = context.computations
+                before = counter.calls
                 seconds = timed(calls[name], device)
                 if round_index < warmup:
                     continue
                 result.times[name].append(seconds)
                 if name == "wrapped":
-                    result.computations_per_forward.append(context.computations - before)
-    result.same_centers = context.centers is not None and torch.equal(context.centers, centers)
+                    result.computations_per_forward.append(counter.calls - before - (name == "bases"))
+    result.same_centers = counter.centers is not None and torch.equal(counter.centers, centers)
+    counter.close()
     return result
+
+
+class BasisCounter:
+    """Counts the spectral-basis computations of every forward (the token geometry builds each basis once) and keeps
+    the centres of the last one."""
+
+    def __init__(self) -> None:
+        self.calls, self.centers = 0, None
+        self._original = geometry.spectral_basis_unchecked
+
+        def counting(centers: Tensor, options: SpectralOptions):
+            self.calls += 1
+            self.centers = centers
+            return self._original(centers, options)
+
+        geometry.spectral_basis_unchecked = counting
+
+    def close(self) -> None:
+        geometry.spectral_basis_unchecked = self._original
 
 
 def format_table(results: list[Result]) -> str:

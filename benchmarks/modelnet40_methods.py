@@ -1,10 +1,11 @@
 """Every tuning method on the complete ModelNet40 split, from pointgst's own ``point_mae_tiny.modelnet40`` backbone,
 with the same recipe, seed and budget: writes ``benchmarks/RESULTS.md``.
 
-Methods: ``linear`` (head only), ``pcsa``, ``pcsa`` with the ``official`` preset, ``dcnv4``, ``deepla_head``,
-``lora``, ``full``, and ``pcsa`` on a randomly initialised backbone of the same architecture (what pretraining
-brings). Each is one ``pointgst train modelnet40.point_mae_tiny --set method.name=...`` run in its own process (so
-its peak memory is its own), into ``--out/<label>``. A run whose folder already holds a ``summary.json`` is not
+Methods: ``linear`` (head only), ``pcsa``, ``pcsa`` with the ``official`` preset (and the same with exact centre
+distances, the preset's graphs before the official ``torch.cdist`` construction was reproduced), ``dcnv4``,
+``deepla_head``, ``lora``, ``full``, and ``pcsa`` on a randomly initialised backbone of the same architecture (what
+pretraining brings). Each is one ``pointgst train modelnet40.point_mae_tiny --set method.name=...`` run in its own
+process (so its peak memory is its own), into ``--out/<label>``. A run whose folder already holds a ``summary.json`` is not
 repeated, so an interrupted benchmark continues where it stopped (``--fresh`` starts over in a new folder).
 
 Reported per method: test accuracy and mean class accuracy of the **last** epoch (no model selection, so the
@@ -33,6 +34,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from pointgst.atomic import write_text_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "modelnet40.point_mae_tiny"
 
@@ -48,7 +51,11 @@ ENTRIES = [
     Entry("linear", ("method.name=linear", "method.options={}"), "head only, frozen backbone"),
     Entry("pcsa", ("method.name=pcsa",), "PointGST (rank 36, local 32), pointgst defaults"),
     Entry("pcsa-official", ("method.name=pcsa", "method.options.preset=official"),
-          "PointGST with the official code's behaviour (GFT direction, batch d_min, BN statistics)"),
+          "PointGST with the official code's behaviour (GFT direction, batch d_min, BN statistics, the official "
+          "graph construction by torch.cdist: Q18)"),
+    Entry("pcsa-official-exact-graphs", ("method.name=pcsa", "method.options.preset=official",
+                                         "method.options.distance=exact"),
+          "the same with exact centre distances: the official preset as pointgst 0.1.0 built its graphs"),
     Entry("dcnv4", ("method.name=dcnv4", "method.options={}"), "DCNv4-style deformable point layers"),
     Entry("deepla_head", ("method.name=deepla_head", "method.options={}"), "DeepLA-Net head on the frozen tokens"),
     Entry("lora", ("method.name=lora", "method.options={}"), "LoRA on the blocks' linear layers (peft)"),
@@ -107,7 +114,7 @@ def markdown(results: list[dict], invocation: str) -> str:
         f"Setting: recipe `{RECIPE}`: the complete ModelNet40 split of the local 1024-point pack (9,843 training / "
         "2,468 test shapes), 1,024 points, 64 patches of 32, scale-and-translate augmentation, AdamW lr 5e-4, weight "
         f"decay 0.05, batch 32, cosine schedule, seed 0, {results[0]['epochs']} training epoch(s) for every method: a "
-        "small budget that a 2-core CPU affords for eight methods, so the numbers compare methods at equal cost, "
+        "small budget that a 2-core CPU affords for every row, so the numbers compare methods at equal cost, "
         "not converged accuracies. Accuracy is "
         "the **last epoch's** test accuracy (single pass, no voting, no model selection).",
         "",
@@ -123,6 +130,10 @@ def markdown(results: list[dict], invocation: str) -> str:
     if "pcsa" in by_label and "linear" in by_label:
         gap = 100 * (by_label["pcsa"]["acc"] - by_label["linear"]["acc"])
         lines += ["", f"PCSA vs the linear probe (head only): {gap:+.2f} points."]
+    if "pcsa-official" in by_label and "pcsa-official-exact-graphs" in by_label:
+        gap = 100 * (by_label["pcsa-official"]["acc"] - by_label["pcsa-official-exact-graphs"]["acc"])
+        lines += [f"The official graph construction (torch.cdist round-off as d_min, Q18) vs exact distances under the "
+                  f"official preset: {gap:+.2f} points."]
     if "pcsa" in by_label and "pcsa-random-weights" in by_label:
         gap = 100 * (by_label["pcsa"]["acc"] - by_label["pcsa-random-weights"]["acc"])
         lines += [f"PCSA on the pretrained vs the random-weight backbone: {gap:+.2f} points."]
@@ -159,7 +170,6 @@ def main() -> None:
         out = out.with_name(f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     results = [run_entry(entry, out / entry.label, args.epochs) for entry in entries]
     invocation = shlex.join(["python", "benchmarks/modelnet40_methods.py", *sys.argv[1:]])
-    from pointgst.atomic import write_text_atomic
     write_text_atomic(args.results, markdown(results, invocation))
     print(f"wrote {args.results}")
 

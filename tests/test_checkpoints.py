@@ -197,13 +197,12 @@ def _run_offline(tmp_path: Path, cache: Path, name: str, pretrained: str, clouds
     return torch.load(tmp_path / "out.pt")
 
 
-def test_convert_cli_then_offline_hub_cache_round_trip(tmp_path, clouds):
+def test_convert_cli_then_offline_hub_cache_round_trip(tmp_path, clouds, capsys):
     source = pointgst.create_backbone("point_mae", num_classes=15).eval()
     torch.save({"base_model": {f"module.{k}": v for k, v in source.state_dict().items()}, "epoch": 3},
                tmp_path / "scan_objbg.pth")
-    result = subprocess.run([sys.executable, "-m", "pointgst.cli", "convert", str(tmp_path / "scan_objbg.pth"),
-                             str(tmp_path / "converted")], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    code, _, err = run_cli_here(["convert", tmp_path / "scan_objbg.pth", tmp_path / "converted"], capsys)
+    assert code == 0, err
     config = json.loads((tmp_path / "converted" / "config.json").read_text())
     assert config["architecture"] == "point_mae" and config["num_classes"] == 15
 

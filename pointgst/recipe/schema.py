@@ -42,6 +42,7 @@ DATASET_FORMATS = {"scanobjectnn": ("h5",), "modelnet40": _MODELNET_FORMATS, "mo
 AUGMENTATIONS = ("scale_translate", "rotate_y", "none")
 SCHEDULES = ("cosine", "official")
 SELECTIONS = ("val", "test")
+PRECISIONS = ("fp32", "bf16", "fp16")
 #: ``method.name`` of a pretraining recipe (masked autoencoding, ``pointgst pretrain``)
 PRETRAIN_METHOD = "mae"
 
@@ -163,6 +164,13 @@ class TrainSpec:
     seed: int = Field(0, ge=0, description="seed of the splits, subsets, point shuffles and initialisation")
     num_workers: int = Field(0, ge=0, description="data-loader worker processes")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="label smoothing of the cross-entropy loss")
+    precision: Literal[PRECISIONS] = Field("fp32", description=(
+        "`fp32`; `bf16`: forward under bfloat16 autocast (CPU or CUDA); `fp16`: float16 autocast with a gradient "
+        "scaler (CUDA). Weights, optimiser states, checkpoints and adapters stay float32; spectral bases are always "
+        "computed in float32 or float64"))
+    gradient_checkpointing: bool = Field(False, description=(
+        "recompute the transformer blocks' activations in the backward pass instead of keeping them: less memory, "
+        "one more forward of the blocks per step, the same results up to float rounding"))
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainSpec":

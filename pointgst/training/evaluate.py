@@ -19,7 +19,7 @@ from .data import build_test_split, make_loader
 from .distributed import Distributed, setup_distributed, teardown_distributed
 from .run_files import BEST_STATE, load_run_file, load_trainable_state, read_run_recipe
 from .seeds import derived_seed
-from .setup import build_model
+from .setup import autocast, build_model
 
 
 @dataclass
@@ -96,8 +96,9 @@ def split_scores(model: nn.Module, loader: DataLoader, recipe: Recipe, dist: Dis
                  seed: int = 0) -> Scores:
     """:class:`Scores` of a whole split: one deterministic pass, or the average of ``vote`` augmented passes."""
     data = recipe.data
-    logits, labels = collect_logits(model, loader, dist, npoints=data.npoints, vote=vote, point_all=data.point_all,
-                                    seed=seed)
+    with autocast(recipe.train.precision, dist.device):
+        logits, labels = collect_logits(model, loader, dist, npoints=data.npoints, vote=vote,
+                                        point_all=data.point_all, seed=seed)
     return scores_from(logits, labels, data.num_classes)
 
 

@@ -31,7 +31,7 @@ from pointgst.recipe import PRETRAIN_METHOD, Recipe, RecipeError
 from .data import base_dataset, build_splits
 from .run_files import CURVES_PNG, SUMMARY, plot_curves, save_atomic, write_text_atomic
 from .seeds import derived_seed
-from .setup import backbone_options, check_data_root
+from .setup import autocast, backbone_options, check_data_root
 from .trainer import Trainer, peak_memory_mb
 
 PRETRAIN_CHECKPOINT, BACKBONE_FOLDER = "pretrain.pth", "backbone"
@@ -116,7 +116,7 @@ class Pretrainer(Trainer):
             points = self._augment(points.to(self.dist.device), index, epoch, step)
             masks = torch.Generator().manual_seed(derived_seed(self.recipe.train.seed, "mask", epoch, step,
                                                                self.dist.rank))
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.dist.device.type == "cuda"):
+            with autocast(self.recipe.train.precision, self.dist.device):
                 loss = self.train_model(points, generator=masks)
             self._optimizer_step(loss)
             totals += torch.tensor([loss.item() * len(points), len(points)], dtype=torch.float64)

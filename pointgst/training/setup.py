@@ -40,8 +40,19 @@ def build_model(recipe: Recipe) -> nn.Module:
     """The wrapped backbone a recipe describes. Seeded by ``train.seed``, so a run's randomly initialised parts
     (a backbone without pretrained weights, fresh adapters) are rebuilt identically for ``pointgst eval``."""
     torch.manual_seed(recipe.train.seed)
-    return wrap(recipe.backbone.name, method=recipe.method.name, num_classes=recipe.data.num_classes,
-                pretrained=recipe.backbone.pretrained, **backbone_options(recipe), **recipe.method.options)
+    model = wrap(recipe.backbone.name, method=recipe.method.name, num_classes=recipe.data.num_classes,
+                 pretrained=recipe.backbone.pretrained, **backbone_options(recipe), **recipe.method.options)
+    if recipe.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The autocast context of ``train.precision`` (disabled for ``fp32``)."""
+    return torch.autocast(device.type, dtype=PRECISION_DTYPES.get(precision), enabled=precision in PRECISION_DTYPES)
 
 
 def selection_split(recipe: Recipe) -> str:

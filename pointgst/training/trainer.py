@@ -44,7 +44,7 @@ from .run_files import (
     write_text_atomic,
 )
 from .seeds import derived_seed, rng_state, set_rng_state
-from .setup import build_model, preflight, selection_split
+from .setup import autocast, build_model, preflight, selection_split
 
 
 class TrainingDivergedError(RunError):
@@ -77,6 +77,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, recipe.train.weight_decay), lr=recipe.train.lr,
                                            betas=(0.9, 0.999), eps=1e-8)
         self.scheduler, self.schedule_per = build_scheduler(self.optimizer, recipe.train, len(self.loaders["train"]))
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=recipe.train.precision == "fp16")
         self.epochs = num_epochs(recipe.train)
         self.start_epoch, self.best, self.history = 0, None, []
         self.first_step_loss: float | None = None
@@ -103,6 +104,8 @@ class Trainer:
         load_trainable_state(self.model, state["trainable"], source=str(self.run_dir / CHECKPOINT))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.start_epoch, self.best, self.history = state["epoch"] + 1, state["best"], state["history"]
 
@@ -158,7 +161,7 @@ class Trainer:
             points = self._augment(points, index, epoch, step)
             if epoch == 0 and step == 0:
                 self.first_step_loss = self._probe_loss(points, labels)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.dist.device.type == "cuda"):
+            with autocast(self.recipe.train.precision, self.dist.device):
                 logits = self.train_model(points)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.recipe.train.label_smoothing)
             progress = (epoch * len(loader) + step) / (self.epochs * len(loader))
@@ -191,13 +194,16 @@ class Trainer:
                     disable=not (self.progress and self.dist.is_main), leave=False)
 
     def _optimizer_step(self, loss: torch.Tensor) -> None:
-        """Backward, gradient clipping (``train.grad_clip``), optimiser step and, per step, the schedule."""
+        """Backward, gradient clipping (``train.grad_clip``), optimiser step and, per step, the schedule; with
+        ``train.precision: fp16`` the loss is scaled (and the gradients unscaled before clipping)."""
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if self.recipe.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
                                      self.recipe.train.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         if self.schedule_per == "step":
             self.scheduler.step()
 
@@ -233,7 +239,8 @@ class Trainer:
 
     def _checkpoint(self, epoch: int) -> None:
         save_atomic({"epoch": epoch, "trainable": trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
-                     "scheduler": self.scheduler.state_dict(), "rng": rng_state(), "best": self.best,
+                     "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
+                     "best": self.best,
                      "history": self.log.rows, "recipe": self.recipe.to_dict()}, self.run_dir / CHECKPOINT)
 
     # -- the end ----------------------------------------------------------------------------------------------
