@@ -248,13 +248,18 @@ def _graph_eigh(centers: Tensor, options: SpectralOptions) -> tuple[Tensor, Tens
     changes the last bits of the result (and, for near-degenerate eigenvalues, the eigenvectors) from call to call;
     for these small matrices one thread is also the fastest under load."""
     adjacency = graph_adjacency(centers.to(EIGH_DTYPES[options.eigh_dtype]), options.dmin_scope, options.distance)
-    laplacian = graph_laplacian(adjacency, options.laplacian)
-    if laplacian.device.type != "cpu":
-        return torch.linalg.eigh(laplacian)
+    return eigh(graph_laplacian(adjacency, options.laplacian))
+
+
+def eigh(matrices: Tensor) -> tuple[Tensor, Tensor]:
+    """``torch.linalg.eigh`` of symmetric ``(..., n, n)`` matrices, single-threaded on the CPU (see
+    :func:`_graph_eigh`), so the same input gives the same eigenvectors in every process."""
+    if matrices.device.type != "cpu":
+        return torch.linalg.eigh(matrices)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return torch.linalg.eigh(laplacian)
+        return torch.linalg.eigh(matrices)
     finally:
         torch.set_num_threads(threads)
 

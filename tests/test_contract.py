@@ -62,12 +62,9 @@ def owners_of_trainable(model: torch.nn.Module) -> set[str]:
     return {name.rpartition(".")[0] for name, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.fixture(scope="module", params=BACKBONES)
-def case(request, tmp_path_factory) -> dict:
+def build_case(arch: str, root: Path) -> dict:
     """Per method on one backbone: outputs before and after wrapping, what one step changed, the unloaded backbone,
-    the report, and the logits of a fresh, differently seeded process that loaded the saved model."""
-    arch = request.param
-    root = tmp_path_factory.mktemp(arch)
+    the report, and the saved folder."""
     source = pretraining_folder(arch, root / "backbone")
     x, train_x = points(3, 1), points(4, 2)
     labels = torch.arange(4) % CLASSES
@@ -100,24 +97,49 @@ def case(request, tmp_path_factory) -> dict:
         unloaded = model if METHODS.parts(method)[0].attaches == FULL else model.unload()
         results[method] = dict(frozen=frozen_logits, wrapped=wrapped_logits, changed=changed, trainable=trainable,
                                owners=owners, trained=trained_logits, folder=folder, report=report, counted=counted,
-                               pristine=pristine, unloaded=unloaded)
-    torch.save(x, root / "x.pt")
+                               pristine=pristine, unloaded=unloaded, x=x)
+    return results
+
+
+def reload_in_a_fresh_process(cases: dict[str, dict], root: Path) -> None:
+    """Load every saved model of ``cases`` (arch -> method -> result) in one new process, under a seed none of them
+    was built with, and store its logits as ``result["reloaded"]``."""
+    jobs = {f"{arch}/{method}": (str(r["folder"]), str(root / f"{arch}-x.pt"))
+            for arch, results in cases.items() for method, r in results.items()}
+    for arch, results in cases.items():
+        torch.save(next(iter(results.values()))["x"], root / f"{arch}-x.pt")
     script = textwrap.dedent(f"""
         import json, torch, pointgst
-        x = torch.load({str(root / 'x.pt')!r})
         out = {{}}
-        for method, folder in json.loads({json.dumps({m: str(r['folder']) for m, r in results.items()})!r}).items():
+        for job, (folder, points) in json.loads({json.dumps(jobs)!r}).items():
             torch.manual_seed(987654)  # not the seed the model was built with
             with torch.no_grad():
-                out[method] = pointgst.load_adapter(folder).eval()(x)
+                out[job] = pointgst.load_adapter(folder).eval()(torch.load(points))
         torch.save(out, {str(root / 'reloaded.pt')!r})
     """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     reloaded = torch.load(root / "reloaded.pt")
-    for method in results:
-        results[method]["reloaded"] = reloaded[method]
-    return results
+    for arch, results in cases.items():
+        for method, result in results.items():
+            result["reloaded"] = reloaded[f"{arch}/{method}"]
+
+
+_CASES: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="module", params=BACKBONES)
+def case(request, tmp_path_factory) -> dict:
+    """The results of :func:`build_case` with their fresh-process reloads. The default backbones are built together
+    and reloaded by one process (one interpreter start instead of three)."""
+    arch = request.param
+    if arch not in _CASES:
+        group = [b for b in BACKBONES if isinstance(b, str)] if isinstance(arch, str) and arch in BACKBONES else [arch]
+        root = tmp_path_factory.mktemp("contract")
+        built = {name: build_case(name, root / name) for name in group}
+        reload_in_a_fresh_process(built, root)
+        _CASES.update(built)
+    return _CASES[arch]
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)

@@ -23,7 +23,7 @@ import pointgst
 from pointgst.adapters.pcsa import PCSAConfig
 from pointgst.adapters.pcsa.config import OFFICIAL_OPTIONS
 from pointgst.ops import farthest_point_sample, gather_points, knn_indices, z_order_key
-from pointgst.spectral import compute_spectral_basis
+from pointgst.spectral import compute_spectral_basis, eigh
 
 from .cli_runs import run_cli_here
 
@@ -46,12 +46,7 @@ def reference_basis(centers: torch.Tensor) -> torch.Tensor:
     weights = 1 / (distance / d_min + eye)
     inv_sqrt = torch.diag_embed(torch.rsqrt(weights.sum(-1) + 1e-6))
     laplacian = torch.eye(distance.shape[-1]) - inv_sqrt @ weights @ inv_sqrt
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # LAPACK's thread count changes eigenvectors of near-equal eigenvalues; pointgst uses 1
-    try:
-        return torch.linalg.eigh(laplacian)[1]
-    finally:
-        torch.set_num_threads(threads)
+    return eigh(laplacian)[1]  # the solver call pointgst makes: one LAPACK thread (the count changes eigenvectors)
 
 
 def reference_local_order(centers: torch.Tensor) -> torch.Tensor:

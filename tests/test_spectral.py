@@ -10,6 +10,7 @@ from pointgst.spectral import (
     EIGH_DTYPES,
     SpectralOptions,
     compute_spectral_basis,
+    eigh,
     graph_adjacency,
     graph_laplacian,
     pairwise_distances,
@@ -239,14 +240,9 @@ def former_adjacency(centers: torch.Tensor, dmin_scope: str) -> torch.Tensor:
 
 
 def single_threaded_eigh(matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """torch.linalg.eigh on one thread, as the library calls it on the CPU (the LAPACK thread count can change
-    the last bits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return torch.linalg.eigh(matrices)
-    finally:
-        torch.set_num_threads(threads)
+    """The solver call the library makes (one LAPACK thread on the CPU: the thread count can change the last bits);
+    the reference's formulas above it are this file's own."""
+    return eigh(matrices)
 
 
 @pytest.mark.parametrize("dmin_scope", ["sample", "batch"])

@@ -43,8 +43,8 @@ class PointGSTLayer(BaseTunerLayer):
         return [(name, self.pointgst_module[name]) for name in self.active_adapters if name in self.pointgst_module]
 
 
-class ParallelAdapterLayer(nn.Module, PointGSTLayer):
-    """Wraps a residual branch handle: ``branch(x, geometry) + Σ_active module(x, geometry)``; x (B, T, C)."""
+class ModuleLayer(nn.Module, PointGSTLayer):
+    """A layer whose adapters are modules a method builds (:class:`ParallelAdapterLayer`, :class:`HeadLayer`)."""
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()
@@ -52,6 +52,10 @@ class ParallelAdapterLayer(nn.Module, PointGSTLayer):
 
     def update_layer(self, adapter_name: str, module: nn.Module) -> None:
         self._add(adapter_name, module)
+
+
+class ParallelAdapterLayer(ModuleLayer):
+    """Wraps a residual branch handle: ``branch(x, geometry) + Σ_active module(x, geometry)``; x (B, T, C)."""
 
     def forward(self, x: Tensor, geometry: TokenGeometry) -> Tensor:
         out = self.base_layer(x, geometry)
@@ -93,16 +97,9 @@ class SpecialTokensLayer(nn.Module, PointGSTLayer):
         return tokens.cls_token, tokens.cls_pos
 
 
-class HeadLayer(nn.Module, PointGSTLayer):
+class HeadLayer(ModuleLayer):
     """Wraps the backbone's ``classify`` handle: the active adapter's head module classifies the final tokens
     (B, T, C) with their geometry instead of the original head."""
-
-    def __init__(self, base_layer: nn.Module):
-        super().__init__()
-        self._init_layer(base_layer)
-
-    def update_layer(self, adapter_name: str, module: nn.Module) -> None:
-        self._add(adapter_name, module)
 
     def forward(self, tokens: Tensor, geometry: TokenGeometry) -> Tensor:
         active = self._active_modules()

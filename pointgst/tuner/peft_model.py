@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -48,6 +49,26 @@ def warn_unsaved_cls_tokens(folder: Path, method: str) -> None:
                   "model: they come from the backbone as built now. To reproduce the trained model, call "
                   "torch.manual_seed(SEED) before pointgst.load_adapter, with SEED the run's train.seed (0 unless the "
                   "recipe set it); pointgst eval does this for a run folder", stacklevel=3)
+
+
+def _check_method(folder: Path) -> None:
+    """Refuse weights (adapter or backbone state) that record another method than the folder's config."""
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text())
+    except (OSError, ValueError):
+        return  # peft's own reading of the config reports it
+    method = config.get("method") or str(config.get("peft_type", "")).lower()
+    for path in (folder / ADAPTER_WEIGHTS, folder / BACKBONE_STATE):
+        if not path.is_file():
+            continue
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                saved = (handle.metadata() or {}).get(METHOD_KEY)
+        except (SafetensorError, OSError):
+            continue  # unreadable: peft's load reports it, naming the file
+        if saved is not None and saved != method:
+            raise CheckpointError(f"{path} holds {saved} weights but {folder / 'adapter_config.json'} describes a "
+                                  f"{method} adapter; the folder mixes two saves: save the model again")
 
 
 def method_name(config: Any) -> str:
@@ -122,9 +143,11 @@ class PointPeftModel(PeftModel):
 
     def load_adapter(self, model_id: str | os.PathLike, adapter_name: str, is_trainable: bool = False,
                      torch_device: str | None = None, **kwargs: Any):
-        """peft's ``load_adapter``, strict: the weights must be of the config's method and hold every adapter tensor;
+        """peft's ``load_adapter``, strict: the weights must be of the folder's method and hold every adapter tensor;
         then the backbone tensors saved beside them are loaded."""
         folder = Path(model_id) / (kwargs.get("subfolder") or "") if os.path.isdir(model_id) else None
+        if folder is not None:
+            _check_method(folder)
         try:
             result = super().load_adapter(model_id, adapter_name, is_trainable=is_trainable,
                                           torch_device=torch_device, **kwargs)
@@ -137,7 +160,6 @@ class PointPeftModel(PeftModel):
         if folder is None:
             return result
         method = method_name(self.peft_config[adapter_name])
-        self._check_method(folder, method)
         missing = [k for k in result.missing_keys if f".{adapter_name}." in k]  # peft's own filter over-matches
         if missing or result.unexpected_keys:
             raise CheckpointError(
@@ -147,25 +169,13 @@ class PointPeftModel(PeftModel):
         legacy = not (read_manifest(folder) or read_manifest(folder.parent))  # written by pointgst 0.1.0
         if legacy and self.unsaved_backbone_state(adapter_name):
             warn_unsaved_cls_tokens(folder, method)
-        self._load_backbone_state(folder, method)
+        self._load_backbone_state(folder)
         return result
 
-    @staticmethod
-    def _check_method(folder: Path, method: str) -> None:
-        path = folder / ADAPTER_WEIGHTS
-        if not path.is_file():
-            return
-        with safe_open(str(path), framework="pt") as handle:
-            saved = (handle.metadata() or {}).get(METHOD_KEY)
-        if saved is not None and saved != method:
-            raise CheckpointError(f"{path} holds {saved} weights but {folder / 'adapter_config.json'} describes a "
-                                  f"{method} adapter; the folder mixes two saves: save the model again")
-
-    def _load_backbone_state(self, folder: Path, method: str) -> None:
+    def _load_backbone_state(self, folder: Path) -> None:
         path = folder / BACKBONE_STATE
         if not path.is_file():
             return
-        self._check_method(folder, method)
         state = load_file(str(path))
         backbone = self.get_base_model()
         own = backbone.state_dict()
