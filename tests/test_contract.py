@@ -94,10 +94,15 @@ def build_case(arch: str, root: Path) -> dict:
         model.save_pretrained(folder)
         report = pointgst.parameter_report(model)
         counted = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        backbone_total = sum(v.numel() for k, v in pristine.items() if v.is_floating_point() and "running_" not in k)
         unloaded = model if METHODS.parts(method)[0].attaches == FULL else model.unload()
-        results[method] = dict(frozen=frozen_logits, wrapped=wrapped_logits, changed=changed, trainable=trainable,
-                               owners=owners, trained=trained_logits, folder=folder, report=report, counted=counted,
-                               pristine=pristine, unloaded=unloaded, x=x)
+        unloaded_state = unloaded.state_dict()
+        results[method] = dict(
+            frozen=frozen_logits, wrapped=wrapped_logits, changed=changed, trainable=trainable, owners=owners,
+            trained=trained_logits, folder=folder, report=report, counted=counted, backbone_total=backbone_total,
+            x=x, unloaded_type=type(unloaded), unloaded_keys=unloaded_state.keys() == pristine.keys(),
+            unloaded_exact=[k for k, v in pristine.items() if not torch.equal(unloaded_state.get(k, v.new_empty(0)), v)])
+        del model, backbone, unloaded, unloaded_state, pristine, optimizer  # PointGPT-L: 1.4 GB each
     return results
 
 
@@ -170,12 +175,11 @@ def test_save_then_load_in_a_fresh_differently_seeded_process_gives_identical_lo
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_unload_gives_the_backbone_back_bit_exactly(case, method):
     result = case[method]
-    unloaded = result["unloaded"].state_dict()
-    if METHODS.parts(method)[0].attaches == FULL:
-        assert isinstance(result["unloaded"], pointgst.backbones.PointBackbone)  # full fine-tuning IS the backbone
+    assert issubclass(result["unloaded_type"], pointgst.backbones.PointBackbone), method
+    if METHODS.parts(method)[0].attaches == FULL:  # full fine-tuning trains the backbone itself and returns it
         return
-    assert unloaded.keys() == result["pristine"].keys(), method
-    assert all(torch.equal(unloaded[k], v) for k, v in result["pristine"].items()), method
+    assert result["unloaded_keys"], method
+    assert result["unloaded_exact"] == [], (method, result["unloaded_exact"][:3])
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
@@ -183,6 +187,5 @@ def test_report_parts_sum_to_the_totals(case, method):
     result = case[method]
     report = result["report"]
     assert sum(report.breakdown.values()) == report.trainable == result["counted"], method
-    assert report.backbone_total == sum(v.numel() for k, v in result["pristine"].items()
-                                        if v.is_floating_point() and "running_" not in k), method
+    assert report.backbone_total == result["backbone_total"], method
     assert report.method == method
