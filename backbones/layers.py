@@ -74,8 +74,14 @@ class PatchEncoder(nn.Module):
 
     ``large=False`` is Point-MAE's / PointGPT-S's encoder (3-w0-w1 | 2w1-2w1-C with ``widths=(w0, w1) = (128, 256)``;
     ``point_mae_tiny`` narrows it); ``large=True`` is PointGPT-B/L's (3-256-512-1024 | 2048-2048-C). Module indices
-    match the official state-dict keys. The 1x1 convolutions run as matrix products over all points (the same weights;
-    equal to ``Conv1d`` up to rounding, and faster on CPU). Input (B, G, K, 3) -> tokens (B, G, C).
+    match the official state-dict keys. Input (B, G, K, 3) -> tokens (B, G, C).
+
+    The forward equals the official one (``Conv1d`` layers over each patch, max-pool, the pooled feature concatenated
+    in front of every point's, more layers, max-pool) up to float rounding, computed with fewer passes over the
+    B*G*K point rows, which dominate the frozen backbone's cost: the 1x1 convolutions run as matrix products over all
+    points; a BatchNorm in eval mode (frozen statistics) is folded into the matrix product before it; the layer after
+    the concatenation is split into its pooled part, computed once per patch, and its per-point part; and the bias of
+    a layer followed by the max-pool is added after the pool (``max(y + b) = max(y) + b``).
     """
 
     def __init__(self, embed_dim: int, *, large: bool = False, widths: tuple[int, int] = (128, 256)):
@@ -95,23 +101,70 @@ class PatchEncoder(nn.Module):
             nn.Conv1d(2 * local_dim, hidden, 1), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
             nn.Conv1d(hidden, embed_dim, 1))
 
+    #: point rows per chunk when no gradient is needed and no BatchNorm uses batch statistics (the frozen encoder of a
+    #: tuned model, inference): the tokens are the same, the large intermediate tensors are not all alive at once
+    chunk_rows = 16384
+
     def forward(self, neighborhood: Tensor) -> Tensor:
         b, g, k, _ = neighborhood.shape
-        x = _pointwise(self.first_conv, neighborhood.reshape(b * g * k, 3)).reshape(b * g, k, -1)  # (BG, K, local)
-        pooled = x.max(dim=1, keepdim=True).values
-        x = torch.cat([pooled.expand(-1, k, -1), x], dim=2).reshape(b * g * k, -1)
-        x = _pointwise(self.second_conv, x).reshape(b * g, k, -1).max(dim=1).values  # (BG, C)
-        return x.reshape(b, g, -1)
+        patches = neighborhood.reshape(b * g, k, 3)
+        whole = (torch.is_grad_enabled() and (neighborhood.requires_grad or
+                                              any(p.requires_grad for p in self.parameters()))
+                 or any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.modules()))
+        per_chunk = len(patches) if whole else max(1, self.chunk_rows // k)  # batch statistics need every patch
+        tokens = [self._encode(chunk) for chunk in patches.split(per_chunk)]
+        return (tokens[0] if len(tokens) == 1 else torch.cat(tokens)).reshape(b, g, -1)
+
+    def _encode(self, patches: Tensor) -> Tensor:
+        """(P, K, 3) centred patches -> (P, C) tokens."""
+        p, k, _ = patches.shape
+        local, local_bias = _pointwise(self.first_conv, patches.reshape(p * k, 3))  # bias still to add
+        local = local.reshape(p, k, -1)
+        pooled = local.max(dim=1).values + local_bias  # (P, L): the official global feature
+        # the layer after the concatenation [pooled, local + local_bias], split by the two parts of its input
+        weight, bias, used = _linear_params(self.second_conv, 0)
+        width = pooled.shape[1]
+        per_patch = F.linear(pooled, weight[:, :width], bias + weight[:, width:] @ local_bias)  # (P, H)
+        x = (F.linear(local, weight[:, width:]) + per_patch.unsqueeze(1)).reshape(p * k, -1)
+        x, out_bias = _pointwise(self.second_conv[used:], x)
+        return x.reshape(p, k, -1).max(dim=1).values + out_bias
 
 
-def _pointwise(layers: nn.Sequential, x: Tensor) -> Tensor:
-    """Run 1x1 ``Conv1d`` / ``BatchNorm1d`` / ``ReLU`` layers on points in rows: (P, C_in) -> (P, C_out).
+def _linear_params(layers: nn.Sequential, index: int) -> tuple[Tensor, Tensor, int]:
+    """``(weight (out, in), bias (out,), layers used)`` of the 1x1 ``Conv1d`` at ``index``, with the BatchNorm after it
+    folded in when that BatchNorm is in eval mode (frozen statistics): ``BN(W x + b) = (s W) x + s (b - mean) + beta``,
+    ``s = gamma / sqrt(var + eps)``."""
+    conv = layers[index]
+    weight, bias = conv.weight[..., 0], conv.bias
+    norm = layers[index + 1] if index + 1 < len(layers) else None
+    if type(norm) is not nn.BatchNorm1d or norm.training or norm.running_var is None:
+        return weight, bias, index + 1
+    scale = torch.rsqrt(norm.running_var + norm.eps)
+    shift = -norm.running_mean * scale
+    if norm.affine:
+        scale, shift = scale * norm.weight, shift * norm.weight + norm.bias
+    return weight * scale.unsqueeze(1), bias * scale + shift, index + 2
 
-    BatchNorm1d over (P, C) rows reduces over the same values per channel as over (BG, C, K); results equal the
-    ``Conv1d`` forward up to floating-point rounding. Other layers (a tuner's BatchNorm wrapper) get the (P, C) rows."""
-    for layer in layers:
-        x = F.linear(x, layer.weight[..., 0], layer.bias) if type(layer) is nn.Conv1d else layer(x)
-    return x
+
+def _pointwise(layers: nn.Sequential, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Run 1x1 ``Conv1d`` / ``BatchNorm1d`` / ``ReLU`` layers on points in rows, (P, C_in) -> ``(rows without the last
+    convolution's bias (P, C_out), that bias (C_out,))``: the caller adds it after pooling.
+
+    A BatchNorm in training mode (full fine-tuning, the official drifting statistics) runs on the (P, C) rows: it
+    reduces over the same values per channel as over (BG, C, K). Other layers (a tuner's BatchNorm wrapper) get the
+    rows too."""
+    index, last = 0, max(i for i, layer in enumerate(layers) if type(layer) is nn.Conv1d)
+    while index < len(layers):
+        if type(layers[index]) is not nn.Conv1d:
+            x = layers[index](x)
+            index += 1
+            continue
+        weight, bias, after = _linear_params(layers, index)
+        if index == last:
+            return F.linear(x, weight), bias
+        x = F.linear(x, weight, bias)
+        index = after
+    raise ValueError("the layers must end with a Conv1d")
 
 
 def classification_head(in_dim: int, num_classes: int) -> nn.Sequential:

@@ -33,7 +33,8 @@ slower than single-threaded (its threads wait on each other while a core is take
 take under 3 minutes on a 2-core CPU for point_mae (2.5-2.8 min measured on a shared one); PointGPT-B/L
 take longer.
 
-Timings are never asserted. Example::
+The table is printed and written to the ``adapter_overhead`` section of ``benchmarks/RESULTS.md`` (``--no-results``
+leaves that file alone). Timings are never asserted. Example::
 
     python benchmarks/adapter_overhead.py                       # point_mae, both settings, defaults
     python benchmarks/adapter_overhead.py --backbone pointgpt_s --settings scanobjectnn --repeats 10
@@ -45,6 +46,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -53,6 +55,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from results_file import write_section  # benchmarks/results_file.py, beside this script
 from torch import Tensor, nn
 
 import pointgst
@@ -123,6 +126,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="auto: CPU, then CUDA when available")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
+    parser.add_argument("--no-results", action="store_true", help="do not write benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.repeats < 1 or args.warmup < 0:
         parser.error("--batch-size and --repeats must be >= 1, --warmup >= 0")
@@ -251,6 +255,22 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def results_markdown(args: argparse.Namespace, env: dict[str, object], results: list[Result]) -> str:
+    invocation = shlex.join(["python", "benchmarks/adapter_overhead.py", *sys.argv[1:]])
+    return "\n".join([
+        "## Inference overhead of PCSA over the frozen backbone",
+        "",
+        f"Made by `{invocation}` (benchmarks/adapter_overhead.py) on {platform.machine()}, {env['threads']} CPU "
+        f"threads, torch {env['torch']}, devices {', '.join(env['devices'])}. {args.backbone}, eval mode, no "
+        f"gradients; medians over {args.repeats} interleaved repeats after {args.warmup} warm-up. (a) frozen "
+        "backbone, (b) the same weights wrapped with PCSA, (c) the spectral bases alone.",
+        "",
+        "```",
+        format_table(results),
+        "```",
+    ]) + "\n"
+
+
 def write_json(path: Path, env: dict[str, object], results: list[Result]) -> None:
     payload = {"environment": env,
                "results": [{**asdict(r), "summary": r.summary(),
@@ -275,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json is not None:
         write_json(args.json, env, results)
         print(f"\nwrote {args.json}")
+    if not args.no_results:
+        write_section("adapter_overhead", results_markdown(args, env, results))
     for r in results:
         if not r.same_centers:
             print(f"WARNING: {r.device}/{r.setting}: (c) was timed on other centres than the wrapped forward's",

@@ -15,7 +15,7 @@ on it; they are printed, never asserted.
 
 Usage (from the project root)::
 
-    python benchmarks/modelnet40_methods.py                    # recipe budget (1 epoch), writes benchmarks/RESULTS.md
+    python benchmarks/modelnet40_methods.py                    # recipe budget (1 epoch), its section of RESULTS.md
     python benchmarks/modelnet40_methods.py --epochs 1 --methods linear,pcsa --results /tmp/r.md
 """
 
@@ -33,8 +33,7 @@ from pathlib import Path
 
 import torch
 import yaml
-
-from pointgst.atomic import write_text_atomic
+from results_file import RESULTS, write_section  # benchmarks/results_file.py, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "modelnet40.point_mae_tiny"
@@ -104,7 +103,7 @@ def markdown(results: list[dict], invocation: str) -> str:
     by_label = {r["label"]: r for r in results}
     minutes = sum(r["train_seconds"] for r in results) / 60
     lines = [
-        "# ModelNet40: every tuning method on `point_mae_tiny.modelnet40`",
+        "## ModelNet40: every tuning method on `point_mae_tiny.modelnet40`",
         "",
         f"Made by `{invocation}` (benchmarks/modelnet40_methods.py): {minutes:.0f} min of training, summed over the "
         "runs, on "
@@ -152,7 +151,7 @@ def markdown(results: list[dict], invocation: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/modelnet40_methods", help="folder of the runs (one per method)")
-    parser.add_argument("--results", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="Markdown file to write")
+    parser.add_argument("--results", default=str(RESULTS), help="Markdown file whose section to (re)write")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs (same for every method)")
     parser.add_argument("--methods", help="comma-separated labels (default: all): " +
                         ", ".join(e.label for e in ENTRIES))
@@ -170,7 +169,7 @@ def main() -> None:
         out = out.with_name(f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     results = [run_entry(entry, out / entry.label, args.epochs) for entry in entries]
     invocation = shlex.join(["python", "benchmarks/modelnet40_methods.py", *sys.argv[1:]])
-    write_text_atomic(args.results, markdown(results, invocation))
+    write_section("modelnet40_methods", markdown(results, invocation), Path(args.results))
     print(f"wrote {args.results}")
 
 

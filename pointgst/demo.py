@@ -22,7 +22,7 @@ def sample_data_folder() -> Path:
     return Path(str(resources.files("pointgst") / "sample_data"))
 
 
-def demo_recipe(*, random_weights: bool = False, epochs: int = 12, seed: int = 0) -> Recipe:
+def demo_recipe(*, random_weights: bool = False, epochs: int = 7, seed: int = 0) -> Recipe:
     """PCSA (rank 36, local graphs of 32 patches) on ``point_mae_tiny`` for the 10-class sample: 250 training shapes,
     30 held out (3 a class) to select the best epoch, 100 test shapes."""
     return Recipe.from_dict({
@@ -33,7 +33,7 @@ def demo_recipe(*, random_weights: bool = False, epochs: int = 12, seed: int = 0
         "method": {"name": "pcsa", "options": {"rank": 36, "local_size": 32}},
         "data": {"dataset": "modelnet10", "format": "npz", "root": str(sample_data_folder()), "num_classes": 10,
                  "npoints": 1024, "point_all": 1024, "augmentation": "scale_translate", "val_fraction": 0.1},
-        "train": {"epochs": epochs, "warmup_epochs": min(1, epochs - 1), "batch_size": 16, "lr": 1e-3,
+        "train": {"epochs": epochs, "warmup_epochs": min(1, epochs - 1), "batch_size": 16, "lr": 2e-3,
                   "schedule": "cosine", "selection": "val", "seed": seed, "num_workers": 0},
     }, name="demo-random-weights" if random_weights else "demo")
 

@@ -22,6 +22,9 @@ whose centres all coincide thus gets the complete graph with unit weights and st
 
 from __future__ import annotations
 
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -252,16 +255,33 @@ def _graph_eigh(centers: Tensor, options: SpectralOptions) -> tuple[Tensor, Tens
 
 
 def eigh(matrices: Tensor) -> tuple[Tensor, Tensor]:
-    """``torch.linalg.eigh`` of symmetric ``(..., n, n)`` matrices, single-threaded on the CPU (see
-    :func:`_graph_eigh`), so the same input gives the same eigenvectors in every process."""
+    """``torch.linalg.eigh`` of symmetric ``(..., n, n)`` matrices. On the CPU every matrix is decomposed by
+    single-threaded LAPACK (see :func:`_graph_eigh`), so the same input gives the same eigenvectors in every process;
+    the batch is split over the CPU threads (one chunk each), which changes nothing per matrix."""
     if matrices.device.type != "cpu":
         return torch.linalg.eigh(matrices)
+    flat = matrices.reshape(-1, *matrices.shape[-2:])
     threads = torch.get_num_threads()
+    chunks = flat.chunk(min(threads, len(flat))) if len(flat) else (flat,)
     torch.set_num_threads(1)
     try:
-        return torch.linalg.eigh(matrices)
+        if len(chunks) == 1:
+            values, vectors = torch.linalg.eigh(flat)
+        else:
+            results = list(_eigh_pool(len(chunks)).map(torch.linalg.eigh, chunks))
+            values, vectors = torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])
     finally:
         torch.set_num_threads(threads)
+    return values.reshape(matrices.shape[:-1]), vectors.reshape(matrices.shape)
+
+
+@functools.cache
+def _eigh_pool(workers: int) -> ThreadPoolExecutor:
+    """Threads for :func:`eigh` (torch releases the GIL inside LAPACK), made once per worker count."""
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pointgst-eigh")
+
+
+os.register_at_fork(after_in_child=_eigh_pool.cache_clear)  # a forked child has none of its parent's threads
 
 
 def _check_centers(centers: Tensor, local_size: int) -> None:

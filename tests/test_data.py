@@ -221,7 +221,7 @@ def test_real_pack_modelnet40(real_pack):
         assert train.class_names[label] == name
         assert (int((train.labels == label).sum()), int((test.labels == label).sum())) == (n_train, n_test)
     for ds in (train, test):
-        assert all(sid.rpartition("_")[0] == ds.class_names[int(l)] for sid, l in zip(ds.shape_ids, ds.labels))
+        assert all(sid.rpartition("_")[0] == ds.class_names[int(label)] for sid, label in zip(ds.shape_ids, ds.labels))
     official = set((MINI / "modelnet40_train.txt").read_text().split())
     assert set(train.shape_ids) == official
     assert train.shuffle_points and not test.shuffle_points
@@ -242,7 +242,7 @@ def test_real_pack_modelnet10(real_pack):
         assert (int((train.labels == label10).sum()), int((test.labels == label10).sum())) == (n_train, n_test)
     for ds, listed in ((train, "modelnet10_train.txt"), (test, "modelnet10_test.txt")):
         assert set(ds.shape_ids) == set((MINI / listed).read_text().split())
-        assert all(sid.rpartition("_")[0] == ds.class_names[int(l)] for sid, l in zip(ds.shape_ids, ds.labels))
+        assert all(sid.rpartition("_")[0] == ds.class_names[int(label)] for sid, label in zip(ds.shape_ids, ds.labels))
     forty = real_pack["modelnet40", "test"]
     row = forty.shape_ids.index(test.shape_ids[5])
     assert torch.equal(test.points[5], forty.points[row])
@@ -265,7 +265,7 @@ def write_pack(root: Path, split: str, labels, *, names=None, points=None, shape
     if points is None:
         points = np.random.default_rng(len(labels)).normal(size=(len(labels), 16, 3)).astype(np.float32)
     if names is None:
-        names = np.array([f"{shape_names[l]}_{i:04d}" for i, l in enumerate(labels)])
+        names = np.array([f"{shape_names[label]}_{i:04d}" for i, label in enumerate(labels)])
     arrays = {"points": points, "labels": labels, "names": names, **extra}
     np.savez(root / f"{split}.npz", **{k: v for k, v in arrays.items() if v is not None})
     (root / "shape_names.txt").write_text("".join(f"{c}\n" for c in shape_names))
@@ -453,7 +453,7 @@ def test_dat_loads_with_opt_in(dat_file):
     with pytest.warns(UserWarning, match="unpickling"):
         ds = ModelNetDatCache(path, allow_pickle=True, shuffle_points=False)
     assert ds.split == "train" and ds.name == "modelnet40" and ds.class_names == MODELNET40_CLASSES
-    assert len(ds) == 5 and ds.labels.tolist() == [int(l[0]) for l in labels]
+    assert len(ds) == 5 and ds.labels.tolist() == [int(label[0]) for label in labels]
     points, label = ds[2]
     assert points.shape == (8192, 3) and points.dtype == torch.float32 and label == int(labels[2][0])
     assert np.array_equal(points.numpy(), official_pc_normalize(clouds[2][:, :3]))
@@ -473,7 +473,7 @@ def test_convert_dat_to_npz_round_trip(dat_file, tmp_path):
         assert sorted(npz.files) == ["labels", "names", "points"]
         assert npz["points"].dtype == np.float32 and npz["labels"].dtype == np.int64
     pack = ModelNetPack(out.parent, "train", shuffle_points=False)
-    assert pack.class_names == MODELNET40_CLASSES and pack.labels.tolist() == [int(l[0]) for l in labels]
+    assert pack.class_names == MODELNET40_CLASSES and pack.labels.tolist() == [int(label[0]) for label in labels]
     assert np.array_equal(pack[4][0].numpy(), official_pc_normalize(clouds[4][:, :3]))
 
 
@@ -842,7 +842,7 @@ def test_few_shot_episode_single_pool_is_disjoint_and_relabelled(scan_roots):
     present = torch.unique(ds.labels)
     episode = EpisodeSubset(ds, torch.arange(len(ds)), present)
     assert episode.num_classes == len(present) and episode.class_names == [SCANOBJECTNN_CLASSES[c] for c in present]
-    assert [episode[i][1] for i in range(len(ds))] == [present.tolist().index(int(l)) for l in ds.labels]
+    assert [episode[i][1] for i in range(len(ds))] == [present.tolist().index(int(label)) for label in ds.labels]
     assert torch.equal(episode[1][0], ds[1][0])
     with pytest.raises(ValueError, match="belong to one of its classes"):
         EpisodeSubset(ds, torch.arange(len(ds)), present[:1])

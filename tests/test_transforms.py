@@ -194,3 +194,26 @@ def test_cuda_points_with_a_cpu_generator_match_cpu(batch):
         out = fn(cuda, gen(3))
         assert out.device.type == "cuda"
         torch.testing.assert_close(out.cpu(), fn(batch, gen(3)))
+
+
+def test_an_fps_of_every_point_is_skipped_and_the_model_sees_the_same_input():
+    """Sampling all N points only re-orders a cloud (first point kept first): the models' own FPS from the first point
+    and pooling within groups give the same logits for the re-ordered and the stored cloud."""
+    import numpy as np
+
+    import pointgst
+    from pointgst.demo import sample_data_folder
+    from pointgst.ops import farthest_point_sample, gather_points
+
+    clouds = torch.from_numpy(np.load(sample_data_folder() / "test.npz")["points"][:8])
+    reordered = gather_points(clouds, farthest_point_sample(clouds, clouds.shape[1]))
+    assert not torch.equal(reordered, clouds) and torch.equal(reordered[:, 0], clouds[:, 0])
+    assert fps_resample(clouds, clouds.shape[1]) is clouds
+    for arch in ("point_mae_tiny", "pointgpt_s"):
+        torch.manual_seed(0)
+        model = pointgst.wrap(arch, method="pcsa", num_classes=10).eval()
+        with torch.no_grad():
+            assert torch.equal(model(reordered), model(clouds)), arch
+    subset = fps_then_random_subset(clouds, 512, 1024, torch.Generator().manual_seed(0))
+    rows = {tuple(p) for p in clouds[0].tolist()}
+    assert subset.shape == (8, 512, 3) and all(tuple(p) in rows for p in subset[0].tolist())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from pointgst.geometry import TokenGeometry
@@ -60,8 +59,9 @@ class PCSA(nn.Module):
         s_global = basis.from_spectral_global(f_global + self.act(self.adapt1(self.norm_ly1(f_global))))
         f_local = basis.to_spectral_local(s)  # (B, m, k, r)
         s_local = basis.from_spectral_local(f_local + self.act(self.adapt1(self.norm_ly2(f_local))))
-        a = torch.cat([a[:, :-g], a[:, -g:] + s_global + s_local], dim=1)
-        return self.up(a) * self.scale
+        a[:, -g:] += s_global + s_local  # in place: SiLU's backward reads its input, not its output
+        out = self.up(a)
+        return out if self.scale == 1.0 else out * self.scale
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, rank={self.rank}, scale={self.scale}, spectral={self.spectral}"

@@ -71,7 +71,7 @@ def _dat_shape_ids(path: Path, classes: str, split: str, labels: Tensor, class_n
     listed = path.parent / f"{classes}_{split}.txt"
     if listed.is_file():
         ids = read_name_list(listed, "one shape id per line")
-        if len(ids) == len(labels) and all(i.rpartition("_")[0] == class_names[int(l)] for i, l in zip(ids, labels)):
+        if len(ids) == len(labels) and all(i.rpartition("_")[0] == class_names[int(label)] for i, label in zip(ids, labels)):
             return ids
     return [f"{class_names[int(label)]}_dat{i:05d}" for i, label in enumerate(labels)]
 

@@ -101,7 +101,14 @@ def random_subset(points: Tensor, npoints: int, generator: torch.Generator | Non
 def fps_resample(points: Tensor, npoints: int, *, skip_near_origin: bool = False) -> Tensor:
     """Deterministic evaluation input: farthest point sampling of ``npoints`` from index 0 (official
     ``misc.fps``). ``skip_near_origin`` reproduces the CUDA kernel's skip of points with ``|p|^2 <= 1e-3``.
-    ``(B, N, 3) -> (B, npoints, 3)``."""
+    ``(B, N, 3) -> (B, npoints, 3)``.
+
+    Sampling all ``N`` points (the 1024-point ModelNet pack, ScanObjectNN) only re-orders each cloud, keeping its
+    first point first; the clouds are then returned as they are: the models group by FPS from the first point and
+    pool within groups, so they see the same input (exactly equidistant points aside, which the reorder could swap)."""
+    if npoints == points.shape[1] and not skip_near_origin:
+        _check_xyz(points, "points", "(B, N, 3)")
+        return points
     return gather_points(points, farthest_point_sample(points, npoints, skip_near_origin=skip_near_origin))
 
 
@@ -109,14 +116,17 @@ def fps_then_random_subset(points: Tensor, npoints: int, point_all: int | None =
                            generator: torch.Generator | None = None, *, skip_near_origin: bool = False) -> Tensor:
     """Official training input: FPS (from index 0) to ``min(point_all, N)`` points, then one random subset of
     ``npoints`` of those columns shared by the batch. ``point_all=None`` uses :func:`official_point_all`.
-    With ``point_all >= N`` the FPS only re-orders each cloud (ScanObjectNN 2048, the 1024-point ModelNet pack).
-    ``(B, N, 3) -> (B, npoints, 3)``."""
+    With ``point_all >= N`` (ScanObjectNN 2048, the 1024-point ModelNet pack) the FPS only re-orders each cloud
+    before a uniformly random subset: it is skipped, which leaves the distribution of the result unchanged (the
+    draws differ from pointgst 0.1.0's, which ran the FPS). ``(B, N, 3) -> (B, npoints, 3)``."""
     _check_xyz(points, "points", "(B, N, 3)")
     n = points.shape[1]
     point_all = official_point_all(npoints, n) if point_all is None else min(int(point_all), n)
     if not isinstance(npoints, int) or not 1 <= npoints <= point_all:
         raise ValueError(f"npoints must be an int in [1, min(point_all, N) = {point_all}], got {npoints!r}; "
                          "the clouds must hold at least npoints points")
+    if point_all == n and not skip_near_origin:
+        return random_subset(points, npoints, generator)
     return random_subset(fps_resample(points, point_all, skip_near_origin=skip_near_origin), npoints, generator)
 
 
