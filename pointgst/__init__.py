@@ -18,6 +18,7 @@ _LAZY = {
     "list_methods": "pointgst.adapters",
     "parameter_report": "pointgst.report",
     "TokenGeometry": "pointgst.geometry",
+    "Predictor": "pointgst.predict",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

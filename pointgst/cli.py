@@ -67,6 +67,28 @@ def _pretrain(args: argparse.Namespace) -> None:
               f"backbone weights: create_backbone({recipe.backbone.name!r}, pretrained='{out}/{BACKBONE_FOLDER}')")
 
 
+def _fewshot(args: argparse.Namespace) -> None:
+    from pointgst.recipe import load_recipe
+
+    flags = {"way": args.way, "shot": args.shot, "query_per_class": args.query, "folds": args.folds,
+             "episodes": args.episodes, "episode_seed": args.episode_seed}
+    recipe = load_recipe(args.recipe, args.set + [f"fewshot.{k}={v}" for k, v in flags.items() if v is not None])
+    from pointgst.fewshot import fewshot_spec, run_fewshot
+    spec = fewshot_spec(recipe)
+    out = args.out or f"runs/{recipe.name}-{spec.way}w{spec.shot}s"
+    result = run_fewshot(recipe, out, device=args.device, progress=not args.no_progress)
+    folds = result["completed_folds"]
+    print(f"\n{spec.way}-way {spec.shot}-shot, {recipe.name}, {folds} folds")
+    for row in result["per_fold"]:
+        print(f"  fold {row['fold']}: {100 * row['test_acc_last_epoch']:6.2f}%  "
+              f"(best epoch on test: {100 * row['test_acc_best_on_test']:6.2f}%)")
+    print(f"accuracy, last epoch: {100 * result['test_acc_last_epoch_mean']:.2f} ± "
+          f"{100 * result['test_acc_last_epoch_std']:.2f}%  (mean ± std over {folds} folds)")
+    print(f"accuracy, best epoch picked on the test shapes (official protocol, optimistic): "
+          f"{100 * result['test_acc_best_on_test_mean']:.2f} ± {100 * result['test_acc_best_on_test_std']:.2f}%")
+    print(f"run folder: {out}  (fewshot.json, fold*/, episodes in {result['episodes']})")
+
+
 def _probe(args: argparse.Namespace) -> None:
     import torch
 
@@ -112,8 +134,16 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _print_table(rows: dict) -> None:
+    """``key  value`` lines; accuracies (keys with ``acc``, fractions in [0, 1]) as percentages with two decimals
+    (``summary.json`` / ``eval.json`` keep the full precision)."""
     width = max(len(k) for k in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows.items()))
+    print("\n".join(f"{k:<{width}}  {_readable(k, v)}" for k, v in rows.items()))
+
+
+def _readable(key: str, value: object) -> object:
+    if "acc" in key and isinstance(value, float) and 0.0 <= value <= 1.0:
+        return f"{100 * value:.2f}%"
+    return value
 
 
 def _eval(args: argparse.Namespace) -> None:
@@ -122,6 +152,20 @@ def _eval(args: argparse.Namespace) -> None:
     result = evaluate_run(args.run_dir, vote=args.vote, repeats=args.repeats, best_of=args.best_of,
                           device=args.device)
     _print_table(result)
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from pointgst.predict import Predictor, render_predictions
+
+    logging.getLogger("pointgst").setLevel(logging.WARNING)  # stderr: one line per bad file, no weight-loading report
+    predictor = Predictor.from_path(args.model, device=args.device)
+    predictions = predictor.predict(args.paths, top_k=args.top_k, vote=args.vote, batch_size=args.batch_size,
+                                    num_surface_points=args.points)
+    for failed in (p for p in predictions if not p.ok):
+        print(f"pointgst predict: error: {failed.error}", file=sys.stderr)
+    if not any(p.ok for p in predictions):
+        raise ValueError(f"none of the {len(predictions)} inputs could be classified (see the errors above)")
+    print(render_predictions(predictions, args.format))
 
 
 def _recipes(args: argparse.Namespace) -> None:
@@ -138,6 +182,13 @@ def _data_convert(args: argparse.Namespace) -> None:
 
     out = convert_dat_to_npz(args.dat, args.out, allow_pickle=args.allow_pickle)
     print(f"wrote {out}")
+
+
+def _data_convert_fewshot(args: argparse.Namespace) -> None:
+    from pointgst.fewshot import convert_official_episodes
+
+    folders = convert_official_episodes(args.root, args.out, allow_pickle=args.allow_pickle)
+    print(f"wrote {len(folders)} episodes under {args.out}; use them with pointgst fewshot RECIPE --episodes {args.out}")
 
 
 def _count(text: str) -> int:
@@ -192,6 +243,25 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--no-progress", action="store_true", help="no progress bars")
         command.set_defaults(run=run)
 
+    fewshot = commands.add_parser("fewshot", help="n-way k-shot protocol: one training run per fold, mean ± std")
+    fewshot.add_argument("recipe", help="few-shot recipe (pointgst recipes: fewshot-*) or any recipe with --way and "
+                                        "--shot: backbone, method, training, and the dataset episodes come from")
+    fewshot.add_argument("--way", type=_positive, help="classes per episode (default: the recipe's fewshot.way, 5)")
+    fewshot.add_argument("--shot", type=_positive, help="training shapes per class (default: the recipe's, 10)")
+    fewshot.add_argument("--query", type=_positive, help="test shapes per class (default: the recipe's, 20)")
+    fewshot.add_argument("--folds", help="folds to run: 0-9, 3 or 0,2,5 (default: the recipe's, 0-9)")
+    fewshot.add_argument("--episodes", help="folder of converted official or earlier drawn episodes (default: draw "
+                                            "them from the recipe's dataset into OUT/episodes)")
+    fewshot.add_argument("--episode-seed", type=_count,
+                         help="seed of drawn episodes: fold f uses SEED * 1000 + f (default: the recipe's, 0)")
+    fewshot.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a recipe key, e.g. --set train.epochs=20 (repeatable)")
+    fewshot.add_argument("--out", help="run folder (default: runs/RECIPE-{way}w{shot}s); rerunning the same "
+                                       "command resumes it, skipping finished folds")
+    fewshot.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    fewshot.add_argument("--no-progress", action="store_true", help="no progress bars")
+    fewshot.set_defaults(run=_fewshot)
+
     probe = commands.add_parser("probe", help="linear-probe accuracy of a frozen backbone's features (ModelNet pack)")
     probe.add_argument("name", help="pretrained tag (e.g. point_mae_tiny.modelnet40) or architecture (random weights)")
     probe.add_argument("--data", required=True, help="folder of a ModelNet .npz pack (train.npz, test.npz, "
@@ -219,6 +289,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=["cpu", "cuda"])
     evaluate.set_defaults(run=_eval)
 
+    predict = commands.add_parser("predict", help="classify point-cloud files with a trained run or adapter folder")
+    predict.add_argument("model", metavar="RUN_OR_ADAPTER", help="run folder (pointgst train / demo) or adapter folder")
+    predict.add_argument("paths", nargs="+", metavar="PATH",
+                         help="files (.npy .npz .txt .xyz .ply .pcd; meshes .off .obj .stl) or folders (every such "
+                              "file inside, recursively)")
+    predict.add_argument("--top-k", type=_positive, default=5, help="classes shown per file (default 5)")
+    predict.add_argument("--vote", type=_count, default=0, help="average the logits of N augmented passes (default 0)")
+    predict.add_argument("--format", choices=["table", "json", "csv"], default="table", help="output (default table)")
+    predict.add_argument("--batch-size", type=_positive, default=32, help="clouds per forward pass (default 32)")
+    predict.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    predict.add_argument("--points", type=_positive, default=8192,
+                         help="points sampled on the surface of a mesh (default 8192)")
+    predict.set_defaults(run=_predict)
+
     recipes = commands.add_parser("recipes", help="list the recipes")
     recipes.set_defaults(run=_recipes)
 
@@ -229,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     data_convert.add_argument("--allow-pickle", action="store_true",
                               help="required: the .dat file is a pickle, which can run code; only for trusted files")
     data_convert.set_defaults(run=_data_convert)
+    convert_fewshot = data.add_parser("convert-fewshot", help="official ModelNetFewshot pickles -> safe episode packs")
+    convert_fewshot.add_argument("root", help="folder holding {way}way_{shot}shot/{fold}.pkl")
+    convert_fewshot.add_argument("out")
+    convert_fewshot.add_argument("--allow-pickle", action="store_true",
+                                 help="required: the files are pickles, which can run code; only for trusted files")
+    convert_fewshot.set_defaults(run=_data_convert_fewshot)
     return parser
 
 

@@ -14,6 +14,7 @@ from pointgst.recipe import (
     BackboneSpec,
     DataSpec,
     EvalSpec,
+    FewShotSpec,
     MethodSpec,
     Recipe,
     RecipeError,
@@ -81,7 +82,9 @@ DROP_PATH = {"point_mae": 0.1, "act": 0.1, "recon": 0.1, "pointgpt_l": None, "po
 SETTINGS = sorted(OPTIM)
 SMALL = "modelnet40-small.cpu"
 #: pointgst's own settings on point_mae_tiny (not paper settings): its pretraining, and the methods benchmark
-TINY = {"pretrain-modelnet40.point_mae_tiny", "modelnet40.point_mae_tiny"}
+TINY = {"pretrain-modelnet40.point_mae_tiny", "modelnet40.point_mae_tiny", "fewshot-5w10s.point_mae_tiny"}
+#: the four few-shot paper settings (fewshot section: way, shot)
+FEWSHOT = {f"fewshot-{w}w{s}s.point_mae": (w, s) for w, s in ((5, 10), (5, 20), (10, 10), (10, 20))}
 
 
 def _name(backbone: str, dataset: str) -> str:
@@ -96,8 +99,8 @@ def _yaml_files() -> dict[str, Path]:
 
 
 def test_every_setting_exists():
-    expected = {_name(b, d) for b in PAPER_BACKBONES + POINTGPT_SB for d in DATASETS} | {SMALL} | TINY
-    assert len(expected) == 16 + 8 + 1 + 2
+    expected = {_name(b, d) for b in PAPER_BACKBONES + POINTGPT_SB for d in DATASETS} | {SMALL} | TINY | set(FEWSHOT)
+    assert len(expected) == 16 + 8 + 1 + 3 + 4
     assert set(list_recipes()) == expected
     assert list_recipes() == sorted(expected)
     assert set(_yaml_files()) == expected  # no stray file in recipes/
@@ -108,10 +111,26 @@ def test_every_setting_exists():
 def test_every_file_spells_out_every_field(name):
     """No recipe relies on the dataclass defaults: a reader sees every number in the file."""
     raw = yaml.safe_load(_yaml_files()[name].read_text(encoding="utf-8"))
-    assert set(raw) == {"description", *SECTIONS}
+    few_shot = name.startswith("fewshot-")
+    sections = {**SECTIONS, **({"fewshot": FewShotSpec} if few_shot else {})}
+    assert set(raw) == {"description", *sections}
     assert isinstance(raw["description"], str) and "\n" not in raw["description"] and raw["description"]
-    for section, cls in SECTIONS.items():
+    for section, cls in sections.items():
         assert set(raw[section]) == {f.name for f in fields(cls)}, section
+
+
+@pytest.mark.parametrize("name", sorted(FEWSHOT))
+def test_fewshot_paper_recipes_follow_the_point_mae_fewshot_config(name):
+    """Point-MAE's cfgs/fewshot.yaml (docs/official.md §4.7) on the ModelNet40 paper setting."""
+    recipe, paper = load_recipe(name), load_recipe("modelnet40.point_mae")
+    way, shot = FEWSHOT[name]
+    assert recipe.fewshot == FewShotSpec(way=way, shot=shot, query_per_class=20, folds="0-9", episodes=None,
+                                         episode_seed=0)
+    assert (recipe.train.epochs, recipe.train.warmup_epochs, recipe.train.lr, recipe.train.weight_decay,
+            recipe.train.batch_size, recipe.train.grad_clip) == (150, 10, 5e-4, 0.05, 32, 10.0)
+    assert recipe.train.selection == "test" and recipe.data.val_fraction == 0.0 and recipe.eval.vote == 0
+    assert recipe.backbone == paper.backbone and recipe.method == paper.method
+    assert (recipe.data.npoints, recipe.data.point_all, recipe.data.root) == (1024, 1200, paper.data.root)
 
 
 @pytest.mark.parametrize("backbone,dataset", SETTINGS)
@@ -312,7 +331,7 @@ def test_overrides_must_be_a_sequence_of_strings():
      ["data.augmentation", "'scale_translate', 'rotate_y', 'none'", "did you mean 'rotate_y'"]),
     (["train.schedule=step"], ["train.schedule", "'cosine', 'official'"]),
     (["train.selection=best"], ["train.selection", "'val', 'test'"]),
-    (["data.dataset=shapenet"], ["data.dataset", "'scanobjectnn', 'modelnet40', 'modelnet10', 'folder'"]),
+    (["data.dataset=shapenet"], ["data.dataset", "'scanobjectnn', 'modelnet40', 'modelnet10', 'pack', 'folder'"]),
     (["data.format=h5"], ["data.format", "'npz', 'normal_resampled', 'dat'"]),
     (["data.variant=obj_bg"], ["data.variant", "null for dataset 'modelnet40'"]),
     (["data.dataset=scanobjectnn", "data.variant=hardest", "data.format=h5", "data.num_classes=15"],

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,9 +83,11 @@ def test_cli_run_writes_everything_and_resume_after_kill_matches(tmp_path, capsy
     summary = json.loads((run / "summary.json").read_text())
     assert summary["trainable_parameters"] == 629_256 - 30 * 257 and 0 <= summary["test_acc"] <= 1  # 10 classes
     assert "test_acc" in out and (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    code, _, err = run_cli_here(["eval", run, "--vote", "2", "--repeats", "2", "--best-of", "--device", "cpu"], capsys)
+    code, printed, err = run_cli_here(["eval", run, "--vote", "2", "--repeats", "2", "--best-of", "--device", "cpu"],
+                                      capsys)
     assert code == 0, err[-3000:]
     result = json.loads((run / "eval.json").read_text())
+    assert re.search(rf"^test_acc +{100 * result['test_acc']:.2f}%$", printed, re.M), printed  # a percentage
     assert result["test_acc"] == pytest.approx(summary["test_acc"]) and result["vote_repeats"] == 2
     assert 0 <= result["vote_acc_mean"] <= 1 and result["vote_acc_std"] >= 0
     assert result["vote_acc_best_of_repeats_official_optimistic"] >= result["vote_acc_mean"]

@@ -2,8 +2,9 @@
 
 Modules: ``base`` (:class:`PointCloudDataset`, the item and point-order contract), ``scanobjectnn``, ``modelnet``
 (+ ``modelnet_dat``, the opt-in pickle caches), ``folder`` (your own data), ``build`` (:func:`build_dataset` from a
-recipe's data section), ``splits`` (stratified splits and subsets), ``fewshot``, ``transforms`` and ``readers``
-(file reading and the :class:`DatasetError` family).
+recipe's data section), ``splits`` (stratified splits and subsets), ``fewshot``, ``transforms``, ``readers``
+(file reading and the :class:`DatasetError` family) and ``cloud_files`` (one cloud from a file of a common format,
+meshes sampled, for ``pointgst predict``).
 
 ``h5py`` is imported only when an h5 file is read, and nothing here imports scipy.
 """

@@ -17,7 +17,7 @@ from pointgst.data.scanobjectnn import ScanObjectNN
 
 __all__ = ["build_dataset"]
 
-_DATASETS = ("scanobjectnn", "modelnet40", "modelnet10", "folder")
+_DATASETS = ("scanobjectnn", "modelnet40", "modelnet10", "pack", "folder")
 _FORMATS = ("npz", "normal_resampled", "dat", "h5")
 
 
@@ -46,7 +46,8 @@ def _modelnet_format(root: Path, classes: str, split: str) -> str:
 def build_dataset(data: Mapping[str, Any] | object, split: str) -> PointCloudDataset:
     """Build the ``split`` dataset described by a recipe's data section (a mapping or an object with attributes).
 
-    Keys: ``dataset`` (``scanobjectnn``, ``modelnet40``, ``modelnet10``, ``folder``), ``root``, ``variant``
+    Keys: ``dataset`` (``scanobjectnn``, ``modelnet40``, ``modelnet10``, ``pack``: an ``.npz`` pack with any
+    classes, such as a few-shot episode, ``folder``), ``root``, ``variant``
     (ScanObjectNN), ``format`` (``npz``, ``normal_resampled``, ``dat``, ``h5`` or ``None`` = detect from ``root``),
     ``allow_pickle`` (required for ``dat``; default false), ``axis_order`` (npz), ``num_points`` (text tree:
     first N rows; folder: resample to N), ``skip_missing`` (text tree), ``seed`` (point shuffle / resampling),
@@ -75,6 +76,10 @@ def build_dataset(data: Mapping[str, Any] | object, split: str) -> PointCloudDat
                                f"(asked for {split!r}); arrange it as {_FOLDER_LAYOUT}")
         return PointCloudFolder(root, split if has_splits else None, num_points=_option(data, "num_points"),
                                 **common)
+    if dataset == "pack":
+        if fmt not in (None, "npz"):
+            raise DatasetError(f"a pack is read from its .npz files; format {fmt!r} is not supported (use npz)")
+        return ModelNetPack(root, split, classes="pack", axis_order=_option(data, "axis_order", "stored"), **common)
     fmt = fmt or _modelnet_format(require_dir(root, "a ModelNet folder (npz pack, text tree or dat caches)"),
                                   dataset, split)
     if fmt == "npz":

@@ -60,7 +60,8 @@ class ModelNetPack(PointCloudDataset):
         split: ``train`` or ``test``.
         classes: ``modelnet40``, or ``modelnet10``: the rows of the ten ModelNet10 classes, relabelled in the
             ``modelnet10_shape_names.txt`` order (bathtub, bed, chair, desk, dresser, monitor, night_stand, sofa,
-            table, toilet); same shapes and split as the official ModelNet10.
+            table, toilet); same shapes and split as the official ModelNet10; or ``pack``: every class that
+            ``shape_names.txt`` lists, in its order (a few-shot episode, a pack of your own).
         axis_order: ``stored`` (the pack's axes; the local pack is z-up) or ``official``: ``points[..., [0, 2, 1]]``,
             the axis order of the PointNet++ files the official pipelines (and pretrained models) use.
         shuffle_points, seed: see :class:`PointCloudDataset`.
@@ -70,7 +71,7 @@ class ModelNetPack(PointCloudDataset):
 
     def __init__(self, root: str | os.PathLike, split: str, *, classes: str = "modelnet40",
                  axis_order: str = "stored", shuffle_points: bool | None = None, seed: int = 0):
-        classes = _choice(classes, tuple(_MODELNET_CLASSES), "ModelNet class set")
+        classes = _choice(classes, (*_MODELNET_CLASSES, "pack"), "ModelNet class set")
         axis_order = _choice(axis_order, ("stored", "official"), "axis_order")
         split = _choice(split, _SPLITS, "split")
         super().__init__(split, shuffle_points, seed)

@@ -26,12 +26,14 @@ from pointgst.recipe.schema import (
                                     BackboneSpec,
                                     DataSpec,
                                     EvalSpec,
+                                    FewShotSpec,
                                     MethodSpec,
                                     Recipe,
                                     RecipeError,
                                     TrainSpec,
+                                    parse_folds,
 )
 
 __all__ = ["AUGMENTATIONS", "DATASET_CLASSES", "DATASET_FORMATS", "PRETRAIN_METHOD", "SCANOBJECTNN_VARIANTS",
-           "SCHEDULES", "SELECTIONS", "BackboneSpec", "DataSpec", "EvalSpec", "MethodSpec", "Recipe", "RecipeError",
-           "TrainSpec", "list_recipes", "load_recipe"]
+           "SCHEDULES", "SELECTIONS", "BackboneSpec", "DataSpec", "EvalSpec", "FewShotSpec", "MethodSpec", "Recipe", "RecipeError",
+           "TrainSpec", "list_recipes", "load_recipe", "parse_folds"]

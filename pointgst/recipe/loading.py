@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from pointgst.recipe.schema import _SECTIONS, _TOP_KEYS, Recipe
+from pointgst.recipe.schema import _OPTIONAL_SECTIONS, _SECTIONS, _TOP_KEYS, Recipe
 from pointgst.recipe.validation import (
     RecipeError,
     _allowed_types,
@@ -131,7 +131,7 @@ def _set_override(d: dict[str, Any], parts: list[str], value: Any, text: str) ->
             raise RecipeError(f"{parts[0]!r} has no fields")
         d[parts[0]] = text if type(value) in (bool, int, float) else value
         return
-    section_cls = _SECTIONS[parts[0]]
+    section_cls = {**_SECTIONS, **_OPTIONAL_SECTIONS}[parts[0]]
     valid = _field_names(section_cls)
     if len(parts) == 1:
         raise RecipeError(f"name a field of section {parts[0]!r}: {parts[0]}.<field> with <field> one of "

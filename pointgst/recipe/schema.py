@@ -1,4 +1,4 @@
-"""The recipe schema: the five sections and :class:`Recipe`, validated by pydantic v2.
+"""The recipe schema: the five sections, the optional few-shot section and :class:`Recipe`, validated by pydantic v2.
 
 Each section is a pydantic dataclass (``pydantic.dataclasses.dataclass`` with ``extra="forbid"``,
 ``validate_assignment=True``, ``strict=True``, ``allow_inf_nan=False``): types, ranges (field constraints) and
@@ -17,6 +17,7 @@ caller: it becomes a one-line :class:`RecipeError` naming the key (``train.epoch
 """
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -34,11 +35,11 @@ from pointgst.recipe.validation import (
     _validated,
 )
 
-DATASET_CLASSES = {"scanobjectnn": 15, "modelnet40": 40, "modelnet10": 10, "folder": None}
+DATASET_CLASSES = {"scanobjectnn": 15, "modelnet40": 40, "modelnet10": 10, "pack": None, "folder": None}
 SCANOBJECTNN_VARIANTS = ("obj_bg", "obj_only", "pb_t50_rs")
 _MODELNET_FORMATS = ("npz", "normal_resampled", "dat")
 DATASET_FORMATS = {"scanobjectnn": ("h5",), "modelnet40": _MODELNET_FORMATS, "modelnet10": _MODELNET_FORMATS,
-                   "folder": (None,)}
+                   "pack": ("npz",), "folder": (None,)}
 AUGMENTATIONS = ("scale_translate", "rotate_y", "none")
 SCHEDULES = ("cosine", "official")
 SELECTIONS = ("val", "test")
@@ -96,11 +97,13 @@ class MethodSpec:
 @_validated
 class DataSpec:
     section: ClassVar[str] = "data"
-    dataset: Literal[tuple(DATASET_CLASSES)] = Field("modelnet40", description="dataset family")
+    dataset: Literal[tuple(DATASET_CLASSES)] = Field("modelnet40", description=(
+        "dataset family; `pack`: an .npz pack (train.npz, test.npz, shape_names.txt) with any classes, e.g. a few-shot "
+        "episode written by `pointgst fewshot`"))
     variant: str | None = Field(None, description=(
         f"ScanObjectNN variant ({', '.join(SCANOBJECTNN_VARIANTS)}); null for the other datasets"))
     format: str | None = Field("normal_resampled", description=(
-        "file format: `npz` / `normal_resampled` / `dat` (ModelNet), `h5` (ScanObjectNN), null (folder)"))
+        "file format: `npz` / `normal_resampled` / `dat` (ModelNet), `npz` (pack), `h5` (ScanObjectNN), null (folder)"))
     root: str = Field("data/ModelNet/modelnet40_normal_resampled", description=(
         "data folder; a relative path is relative to the current directory"))
     num_classes: int = Field(40, ge=1, description="classes; fixed by the dataset except for `folder`")
@@ -190,9 +193,47 @@ class EvalSpec:
     vote_repeats: int = Field(1, ge=1, description="repeated voting runs, reported as mean +- std")
 
 
+def parse_folds(text: str) -> list[int]:
+    """``"0-9"``, ``"3"`` or ``"0,2,5"`` -> sorted distinct fold numbers; ``ValueError`` otherwise."""
+    folds: set[int] = set()
+    for part in str(text).split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match or (match[2] is not None and int(match[2]) < int(match[1])):
+            raise ValueError(f"folds must look like 0-9, 3 or 0,2,5; got {text!r}")
+        folds.update(range(int(match[1]), int(match[2] or match[1]) + 1))
+    return sorted(folds)
+
+
+@_validated
+class FewShotSpec:
+    """The n-way k-shot protocol of a few-shot recipe (``pointgst fewshot``); the data section names the dataset the
+    episodes are drawn from."""
+
+    section: ClassVar[str] = "fewshot"
+    way: int = Field(5, ge=2, description="classes per episode (5 or 10 in the papers)")
+    shot: int = Field(10, ge=1, description="training shapes per class (10 or 20 in the papers)")
+    query_per_class: int = Field(20, ge=1, description="test shapes per class (20 in the papers)")
+    folds: str = Field("0-9", description="folds to run: `0-9`, `3` or `0,2,5`")
+    episodes: str | None = Field(None, description=(
+        "folder of converted official episodes (`pointgst data convert-fewshot`) or earlier drawn ones; null draws "
+        "them from the data section's dataset into the run folder"))
+    episode_seed: int = Field(0, ge=0, description="drawn episodes: fold f uses seed episode_seed * 1000 + f")
+
+    @field_validator("folds")
+    @classmethod
+    def _folds(cls, value: str) -> str:
+        try:
+            parse_folds(value)
+        except ValueError:
+            raise _Broken("folds", f" must look like 0-9, 3 or 0,2,5, got {value!r}") from None
+        return value
+
+
 _SECTIONS: dict[str, type] = {"backbone": BackboneSpec, "method": MethodSpec, "data": DataSpec,
                               "train": TrainSpec, "eval": EvalSpec}
-_TOP_KEYS = ("name", "description", *_SECTIONS)
+#: sections a recipe may have (few-shot recipes): absent means null
+_OPTIONAL_SECTIONS: dict[str, type] = {"fewshot": FewShotSpec}
+_TOP_KEYS = ("name", "description", *_SECTIONS, *_OPTIONAL_SECTIONS)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -211,6 +252,7 @@ class Recipe:
     data: DataSpec = Field(default_factory=DataSpec, description="the dataset and its pipeline")
     train: TrainSpec = Field(default_factory=TrainSpec, description="the optimisation schedule")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="the evaluation protocol")
+    fewshot: FewShotSpec | None = Field(None, description="the few-shot protocol (few-shot recipes only)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
@@ -227,6 +269,8 @@ class Recipe:
         """Plain dict (YAML/JSON-serialisable) that :meth:`from_dict` turns back into an equal recipe."""
         out: dict[str, Any] = {"name": self.name, "description": self.description}
         out.update({key: dataclasses.asdict(getattr(self, key)) for key in _SECTIONS})
+        out.update({key: dataclasses.asdict(getattr(self, key)) for key in _OPTIONAL_SECTIONS
+                    if getattr(self, key) is not None})
         return out
 
     @classmethod
@@ -245,4 +289,12 @@ class Recipe:
                 raise RecipeError(f"section {key!r} must be a mapping of its fields, got {raw!r} ({_kind(raw)})")
             _check_keys(key, list(raw), _field_names(section_cls))
             sections[key] = section_cls(**raw)
+        for key, section_cls in _OPTIONAL_SECTIONS.items():
+            raw = d.get(key)
+            if raw is not None and not isinstance(raw, Mapping):
+                raise RecipeError(f"section {key!r} must be a mapping of its fields or null, got {raw!r} "
+                                  f"({_kind(raw)})")
+            if raw is not None:
+                _check_keys(key, list(raw), _field_names(section_cls))
+            sections[key] = None if raw is None else section_cls(**raw)
         return cls(name=d.get("name", name), description=d.get("description", ""), **sections)

@@ -16,6 +16,9 @@ def preflight(recipe: Recipe) -> None:
     if recipe.method.name == PRETRAIN_METHOD:
         raise RecipeError(f"method {PRETRAIN_METHOD!r} is masked-autoencoder pretraining: run this recipe with "
                           "`pointgst pretrain`, not `pointgst train`")
+    if recipe.fewshot is not None:
+        raise RecipeError(f"recipe {recipe.name!r} is a few-shot protocol (fewshot section): run it with "
+                          f"`pointgst fewshot {recipe.name}`, which trains one run per fold")
     parse_name(recipe.backbone.name)
     check_options(recipe.method.name, recipe.method.options)
     check_data_root(recipe)

@@ -3,7 +3,8 @@
 A run folder holds ``recipe.yaml``, ``checkpoint-last.pt`` (written atomically after every epoch: trainable
 state, optimizer, scheduler, RNG states, epoch, best score, metrics history, recipe), ``best-trainable.pt``,
 ``adapter/`` (the best epoch's adapter, or weights folder after full fine-tuning), ``metrics.jsonl`` /
-``metrics.csv``, ``curves.png`` and ``summary.json``. Randomness is drawn from generators seeded by (seed, epoch,
+``metrics.csv``, ``curves.png``, ``summary.json`` and ``inference.json`` (class names and test-time preprocessing, also
+in ``adapter/``: :mod:`pointgst.preprocessing`). Randomness is drawn from generators seeded by (seed, epoch,
 step, sample index), so a resumed run continues exactly as an uninterrupted one, and augmentation does not depend
 on the batch composition or the number of processes. One process at a time trains in a folder (:mod:`.run_dir`).
 """
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pointgst.data.transforms import augment, fps_then_random_subset
 from pointgst.errors import RunError
+from pointgst.preprocessing import write_inference_record
 from pointgst.recipe import Recipe
 from pointgst.report import parameter_report
 
@@ -268,6 +270,8 @@ class Trainer:
         if self.dist.is_main:
             write_text_atomic(self.run_dir / SUMMARY, json.dumps(summary, indent=2) + "\n")
             save_trained_part(self.model, self.run_dir / "adapter")
+            write_inference_record(self.recipe, base_dataset(self.splits["test"]).class_names, self.run_dir,
+                                   self.run_dir / "adapter")
         return summary
 
 
