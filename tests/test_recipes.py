@@ -175,17 +175,17 @@ def test_hyper_parameter_spot_checks():
 
 def test_small_cpu_recipe():
     r = load_recipe(SMALL)
-    assert r.backbone == BackboneSpec(name="point_mae", pretrained=False, num_group=64, group_size=32,
-                                      drop_path_rate=0.1)
+    assert r.backbone == BackboneSpec(name="point_mae_tiny.modelnet40", pretrained=True, num_group=64, group_size=32,
+                                      drop_path_rate=0.1)  # the shipped backbone: learning in minutes, no download
     assert r.method.name == "pcsa"
     d = r.data
     assert (d.dataset, d.variant, d.format, d.root, d.num_classes) == \
         ("modelnet40", None, "npz", "../shared/data/modelnet40_1024", 40)
     assert (d.npoints, d.point_all, d.max_train_samples, d.max_test_samples, d.val_fraction) == \
-        (1024, 1024, 400, 200, 0.1)
+        (1024, 1024, 1600, 400, 0.1)
     t = r.train
     assert (t.epochs, t.warmup_epochs, t.batch_size, t.lr, t.schedule, t.selection, t.num_workers) == \
-        (2, 1, 16, 5e-4, "cosine", "val", 0)
+        (4, 1, 16, 2e-3, "cosine", "val", 0)
     assert r.eval.vote == 0
     pack = RECIPE_DIR.parent / d.root / "train.npz"
     if not pack.parent.is_dir():
