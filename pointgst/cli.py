@@ -73,19 +73,11 @@ def _fewshot(args: argparse.Namespace) -> None:
     flags = {"way": args.way, "shot": args.shot, "query_per_class": args.query, "folds": args.folds,
              "episodes": args.episodes, "episode_seed": args.episode_seed}
     recipe = load_recipe(args.recipe, args.set + [f"fewshot.{k}={v}" for k, v in flags.items() if v is not None])
-    from pointgst.fewshot import fewshot_spec, run_fewshot
+    from pointgst.fewshot import fewshot_spec, report, run_fewshot
     spec = fewshot_spec(recipe)
     out = args.out or f"runs/{recipe.name}-{spec.way}w{spec.shot}s"
     result = run_fewshot(recipe, out, device=args.device, progress=not args.no_progress)
-    folds = result["completed_folds"]
-    print(f"\n{spec.way}-way {spec.shot}-shot, {recipe.name}, {folds} folds")
-    for row in result["per_fold"]:
-        print(f"  fold {row['fold']}: {100 * row['test_acc_last_epoch']:6.2f}%  "
-              f"(best epoch on test: {100 * row['test_acc_best_on_test']:6.2f}%)")
-    print(f"accuracy, last epoch: {100 * result['test_acc_last_epoch_mean']:.2f} ± "
-          f"{100 * result['test_acc_last_epoch_std']:.2f}%  (mean ± std over {folds} folds)")
-    print(f"accuracy, best epoch picked on the test shapes (official protocol, optimistic): "
-          f"{100 * result['test_acc_best_on_test_mean']:.2f} ± {100 * result['test_acc_best_on_test_std']:.2f}%")
+    print(report(result))
     print(f"run folder: {out}  (fewshot.json, fold*/, episodes in {result['episodes']})")
 
 

@@ -36,8 +36,9 @@ from pointgst.data.modelnet import MODELNET40_CLASSES
 from pointgst.data.modelnet_dat import UnsafeDatasetError, _write_pack
 from pointgst.data.readers import DatasetError, check_cloud, pc_normalize
 from pointgst.recipe import FewShotSpec, Recipe, RecipeError, parse_folds
+from pointgst.training import train
 
-__all__ = ["convert_official_episodes", "draw_episodes", "episode_folder", "fewshot_spec", "fold_recipe",
+__all__ = ["convert_official_episodes", "draw_episodes", "episode_folder", "fewshot_spec", "fold_recipe", "report",
            "run_fewshot"]
 
 FOLD_LAYOUT = "EPISODES/{way}way_{shot}shot/fold{f}/{train,test}.npz + shape_names.txt"
@@ -189,8 +190,6 @@ def run_fewshot(recipe: Recipe, out: str | os.PathLike, *, device: str | None = 
 
     Episodes: ``fewshot.episodes`` (converted official or earlier drawn ones, :data:`FOLD_LAYOUT`), or drawn from
     the recipe's dataset into ``out/episodes``. Returns per-fold accuracies and their mean and std over folds."""
-    from pointgst.training import train
-
     spec, out = fewshot_spec(recipe), Path(out)
     folds = parse_folds(spec.folds)
     episodes = Path(spec.episodes) if spec.episodes else draw_episodes(recipe, out / "episodes")
@@ -222,6 +221,19 @@ def run_fewshot(recipe: Recipe, out: str | os.PathLike, *, device: str | None = 
               "per_fold": rows}
     write_text_atomic(out / "fewshot.json", json.dumps(result, indent=2) + "\n")
     return result
+
+
+def report(result: dict[str, Any]) -> str:
+    """The lines ``pointgst fewshot`` prints: every fold, then the mean ± std over folds, as percentages."""
+    folds = result["completed_folds"]
+    lines = [f"\n{result['way']}-way {result['shot']}-shot, {result['recipe']}, {folds} folds"]
+    lines += [f"  fold {row['fold']}: {100 * row['test_acc_last_epoch']:6.2f}%  "
+              f"(best epoch on test: {100 * row['test_acc_best_on_test']:6.2f}%)" for row in result["per_fold"]]
+    lines += [f"accuracy, last epoch: {100 * result['test_acc_last_epoch_mean']:.2f} ± "
+              f"{100 * result['test_acc_last_epoch_std']:.2f}%  (mean ± std over {folds} folds)",
+              f"accuracy, best epoch picked on the test shapes (official protocol, optimistic): "
+              f"{100 * result['test_acc_best_on_test_mean']:.2f} ± {100 * result['test_acc_best_on_test_std']:.2f}%"]
+    return "\n".join(lines)
 
 
 def _mean_std(rows: list[dict], key: str) -> dict[str, float]:
