@@ -77,12 +77,12 @@ def draw_episodes(recipe: Recipe, episodes: str | os.PathLike) -> Path:
             continue
         if not pools:
             pools = {split: build_dataset(source, split) for split in ("train", "test")}
-        train, test = pools["train"], pools["test"]
-        support, query, classes = few_shot_episode(train.labels, spec.way, spec.shot,
+        support, query, classes = few_shot_episode(pools["train"].labels, spec.way, spec.shot,
                                                    query_per_class=spec.query_per_class,
-                                                   seed=expected["seed"], query_labels=test.labels)
-        names = [train.class_names[c] for c in classes.tolist()]
-        for split, pool, rows in (("train", train, support), ("test", test, query)):
+                                                   seed=expected["seed"], query_labels=pools["test"].labels)
+        names = [pools["train"].class_names[c] for c in classes.tolist()]
+        for split, rows in (("train", support), ("test", query)):
+            pool = pools[split]
             clouds = np.stack([pool[i][0].numpy() for i in rows.tolist()]).astype(np.float32)
             labels = np.repeat(np.arange(spec.way), len(rows) // spec.way)
             ids = getattr(pool, "shape_ids", None)
