@@ -157,16 +157,16 @@ def test_grammar_examples():
     assert labels("(official.md §4.3, Q12)") == [("official.md", "§4.3, Q12")]
     assert labels("``docs/checkpoints.md`` §1/§2/§3.1.") == [("docs/checkpoints.md", "§1/§2/§3.1")]
     assert labels("(checkpoints.md §6.1; official.md Q17)") == [("checkpoints.md", "§6.1"), ("official.md", "Q17")]
-    assert labels("``alt_modules.md`` C.4") == [("alt_modules.md", "C.4")]
-    assert labels("``docs/pointgst.md`` section 2") == [("docs/pointgst.md", "section 2")]
-    assert labels("../shared/docs/x.md §3")[0][0] == "../shared/docs/x.md"
+    assert labels("``methods.md`` C.4") == [("methods.md", "C.4")]
+    assert labels("``docs/datasets.md`` section 2") == [("docs/datasets.md", "section 2")]
+    assert labels("../shared/docs/official.md §3")[0][0] == "../shared/docs/official.md"
     assert labels('(``docs/design.md``, "Saving")') == [("docs/design.md", '"Saving"')]
     assert labels('(official.md §4.1 "Loss")') == [("official.md", "§4.1")]
     assert labels('``docs/methods.md``,\n"Deformable point layer": a design') == \
         [("docs/methods.md", '"Deformable point layer"')]
     assert [_label(r) for r in REF.findall("§4.5, §4.6, Q11, part B, section A, C.4")] == \
         ["4.5", "4.6", "Q11", "B", "A", "C.4"]
-    assert _resolve("../shared/docs/pointgst.md") is None and _resolve("docs/official.md") == DOCS / "official.md"
+    assert _resolve("../shared/docs/official.md") is None and _resolve("docs/official.md") == DOCS / "official.md"
 
 
 def test_docs_cross_references_resolve():
