@@ -47,9 +47,7 @@ def command_for(label: str, way: int, shot: int, folds: str, out: Path, episodes
 def run_row(label: str, setting: str, folds: str, out: Path) -> dict:
     """One method on one setting (finished folds are skipped by the command itself); its figures."""
     way, shot = SETTINGS[setting]
-    episodes = out / setting / "episodes"
-    draw_episodes(load_recipe(RECIPE, [f"fewshot.way={way}", f"fewshot.shot={shot}", f"fewshot.folds={folds}"]),
-                  episodes)
+    episodes = out / setting / "episodes"  # drawn once per setting by main()
     run = out / setting / label
     command = command_for(label, way, shot, folds, run, episodes)
     print(f"[{time.strftime('%H:%M:%S')}] {setting} {label}: {shlex.join(command)}", flush=True)
@@ -102,7 +100,12 @@ def main() -> None:
         sys.exit(f"unknown settings or methods {unknown}; settings: {', '.join(SETTINGS)}; methods: "
                  f"{', '.join(METHODS)}")
     parse_folds(args.folds)
-    rows = [run_row(method, setting, args.folds, args.out) for setting in settings for method in methods]
+    rows = []
+    for setting in settings:
+        way, shot = SETTINGS[setting]
+        sizes = [f"fewshot.way={way}", f"fewshot.shot={shot}", f"fewshot.folds={args.folds}"]
+        draw_episodes(load_recipe(RECIPE, sizes), args.out / setting / "episodes")
+        rows += [run_row(method, setting, args.folds, args.out) for method in methods]
     invocation = shlex.join(["python", "benchmarks/fewshot_methods.py", *sys.argv[1:]])
     text = markdown(rows, invocation)
     print(text)

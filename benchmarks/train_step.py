@@ -27,7 +27,6 @@ Usage (from the project root; about 10 minutes on a 2-core CPU with the official
 import argparse
 import json
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -44,6 +43,7 @@ import torch.nn.functional as F
 from results_file import write_section  # benchmarks/results_file.py, beside this script
 
 import pointgst
+from pointgst.training.trainer import peak_memory_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "modelnet40_1024"
@@ -164,16 +164,7 @@ def measure_memory(condition: str, official_repo: Path | None, batch_file: Path,
         step = stepper(model, precision, points, labels)
         for _ in range(steps):
             step()
-    return peak_resident_gib()
-
-
-def peak_resident_gib() -> float:
-    """This process's peak resident set size (``VmHWM``: unlike ``getrusage``'s ``ru_maxrss`` it does not carry the
-    parent's memory over ``fork`` + ``exec``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 2**20  # KiB -> GiB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return peak_memory_mb(torch.device("cpu")) / 1024  # this process's peak RSS (VmHWM), MiB -> GiB
 
 
 def time_steps(conditions: list[str], official_repo: Path | None, batch_size: int, repeats: int) -> dict[str, float]:
