@@ -60,5 +60,8 @@ def setup_distributed(device: str | None = None) -> Distributed:
 
 
 def teardown_distributed() -> None:
+    """Leave the process group together: the main rank writes the run's files last, and a rank that tears the group
+    down while another still uses it can leave that one waiting in gloo forever."""
     if dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
