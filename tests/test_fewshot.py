@@ -165,3 +165,31 @@ def test_a_recipe_without_a_fewshot_section_needs_way_and_shot(tmp_path, capsys)
 def test_train_refuses_a_fewshot_recipe(tmp_path, capsys):
     code, _, err = run_cli_here(["train", "fewshot-5w10s.point_mae_tiny", "--out", tmp_path / "run"], capsys)
     assert code == 2 and "pointgst fewshot fewshot-5w10s.point_mae_tiny" in err and err.count("\n") == 1
+
+
+def test_selection_last_skips_the_per_epoch_evaluation_and_keeps_the_same_last_epoch(tmp_path, capsys):
+    """``train.selection=last``: no epoch is evaluated or selected, and the last epoch is the one the official
+    protocol's run reports as its last epoch (evaluating between epochs draws no random numbers)."""
+    root = write_source_pack(tmp_path / "source")
+    extra = ["--way", "3", "--shot", "4", "--query", "5", "--folds", "0", "--no-progress"]
+    runs = {}
+    for selection in ("test", "last"):
+        out = tmp_path / selection
+        code, printed, err = run_cli_here(["fewshot", "fewshot-5w10s.point_mae_tiny", "--out", out, *extra,
+                                           *[a for s in source_overrides(root) + [f"train.selection={selection}"]
+                                             for a in ("--set", s)]], capsys)
+        assert code == 0, err[-3000:]
+        runs[selection] = (out, printed, json.loads((out / "fewshot.json").read_text()))
+    (test_out, _, with_test), (last_out, printed, with_last) = runs["test"], runs["last"]
+    assert with_last["test_acc_last_epoch_mean"] == with_test["test_acc_last_epoch_mean"]
+    assert "test_acc_best_on_test_mean" in with_test and "test_acc_best_on_test_mean" not in with_last
+    assert "best epoch" not in printed and "selection=last" in with_last["note"]
+    summary = json.loads((last_out / "fold0" / "summary.json").read_text())
+    assert summary["selection"] == "last" and summary["best_epoch"] == 1
+    assert summary["test_acc"] == summary["test_acc_last_epoch"]
+    rows = [json.loads(line) for line in (last_out / "fold0" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and not any("select_acc" in r for r in rows)
+    assert not (last_out / "fold0" / "best-trainable.pt").exists()
+    a = torch.load(test_out / "fold0" / "checkpoint-last.pt", weights_only=True)["trainable"]
+    b = torch.load(last_out / "fold0" / "checkpoint-last.pt", weights_only=True)["trainable"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -42,7 +42,7 @@ DATASET_FORMATS = {"scanobjectnn": ("h5",), "modelnet40": _MODELNET_FORMATS, "mo
                    "pack": ("npz",), "folder": (None,)}
 AUGMENTATIONS = ("scale_translate", "rotate_y", "none")
 SCHEDULES = ("cosine", "official")
-SELECTIONS = ("val", "test")
+SELECTIONS = ("val", "test", "last")
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: ``method.name`` of a pretraining recipe (masked autoencoding, ``pointgst pretrain``)
 PRETRAIN_METHOD = "mae"
@@ -163,7 +163,8 @@ class TrainSpec:
     schedule: Literal[SCHEDULES] = Field("cosine", description=(
         "`cosine`: per-step warmup + cosine; `official`: timm epoch-level schedule with the official quirks"))
     selection: Literal[SELECTIONS] = Field("val", description=(
-        "`val`: best epoch on the held-out validation split; `test`: best on the test split (official)"))
+        "`val`: best epoch on the held-out validation split; `test`: best on the test split (official); `last`: no "
+        "selection, the last epoch (no per-epoch evaluation; needs data.val_fraction 0)"))
     seed: int = Field(0, ge=0, description="seed of the splits, subsets, point shuffles and initialisation")
     num_workers: int = Field(0, ge=0, description="data-loader worker processes")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="label smoothing of the cross-entropy loss")
@@ -256,10 +257,14 @@ class Recipe:
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
-        if self.data.val_fraction == 0.0 and self.train.selection != "test":
-            raise _Broken(None, "data.val_fraction is 0 (no validation split), so train.selection must be 'test', "
-                                f"got {self.train.selection!r}; hold out a validation split (e.g. "
-                                "data.val_fraction=0.1) or select on the test split (train.selection=test)")
+        if self.data.val_fraction == 0.0 and self.train.selection == "val":
+            raise _Broken(None, "data.val_fraction is 0 (no validation split), so train.selection must be 'test' or "
+                                "'last', got 'val'; hold out a validation split (e.g. data.val_fraction=0.1), select "
+                                "on the test split (train.selection=test) or keep the last epoch (train.selection=last)")
+        if self.data.val_fraction > 0.0 and self.train.selection == "last":
+            raise _Broken(None, f"train.selection=last selects nothing, so the validation split (data.val_fraction="
+                                f"{self.data.val_fraction:g}) would be held out of training for nothing; set "
+                                "data.val_fraction=0 to train on the whole training split")
         for name in ("num_group", "group_size"):
             value = getattr(self.backbone, name)
             _require(value <= self.data.npoints, f"backbone.{name}", value, f"<= data.npoints ({self.data.npoints})")

@@ -27,8 +27,8 @@ class IndexedDataset(Dataset):
 
 
 def build_splits(recipe: Recipe, *, with_test: bool = True) -> dict[str, Dataset]:
-    """train / select (validation carved from train, or the test split: :func:`selection_split`) / test (not
-    even read with ``with_test=False``, which needs a validation split)."""
+    """train / select (validation carved from train, or the test split: :func:`selection_split`; none with
+    ``train.selection: last``) / test (not even read with ``with_test=False``, which needs a validation split)."""
     data, seed = recipe.data, recipe.train.seed
     train = _dataset(recipe, "train")
     # validation clouds keep their stored point order every epoch (FPS starts at index 0), like the test split
@@ -37,7 +37,9 @@ def build_splits(recipe: Recipe, *, with_test: bool = True) -> dict[str, Dataset
         kept = stratified_subset(train.labels, data.max_train_samples, seed)
         train, stored_order = subset(train, kept), subset(stored_order, kept)
     splits = {"test": build_test_split(recipe)} if with_test else {}
-    if selection_split(recipe) == "test":
+    if selection_split(recipe) is None:
+        splits.update(train=train)
+    elif selection_split(recipe) == "test":
         splits.update(train=train, select=splits["test"])
     else:
         train_idx, val_idx = stratified_split(labels_of(train), data.val_fraction, seed)

@@ -29,7 +29,7 @@ from pointgst.converting import convert_checkpoint
 from pointgst.recipe import PRETRAIN_METHOD, Recipe, RecipeError
 
 from .data import base_dataset, build_splits
-from .run_files import CURVES_PNG, SUMMARY, plot_curves, save_atomic, write_text_atomic
+from .run_files import CURVES_PNG, SUMMARY, CurvePlotter, save_atomic, write_text_atomic
 from .seeds import derived_seed
 from .setup import autocast, backbone_options, check_data_root
 from .trainer import Trainer, peak_memory_mb
@@ -85,6 +85,7 @@ class Pretrainer(Trainer):
 
     def _fit(self) -> dict[str, Any]:
         started = time.time()
+        curves = CurvePlotter(self.run_dir / CURVES_PNG, loss_name="Chamfer-L2 loss")
         for epoch in range(self.start_epoch, self.epochs):
             self.loaders["train"].sampler.set_epoch(epoch)
             base_dataset(self.splits["train"]).set_epoch(epoch)
@@ -99,7 +100,7 @@ class Pretrainer(Trainer):
             if self.dist.is_main:
                 self.log.append(row)
                 self._checkpoint(epoch)
-                plot_curves(self.log.rows, self.run_dir / CURVES_PNG, loss_name="Chamfer-L2 loss")
+                curves.update(self.log.rows, last=epoch == self.epochs - 1)
             self.dist.barrier()
         summary = self._write_outputs(time.time() - started)
         self.dist.barrier()

@@ -3,6 +3,7 @@ the curve plot."""
 
 import csv
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,8 @@ CHECKPOINT = "checkpoint-last.pt"
 BEST_STATE = "best-trainable.pt"
 METRICS_JSONL, METRICS_CSV, CURVES_PNG, SUMMARY = "metrics.jsonl", "metrics.csv", "curves.png", "summary.json"
 RECIPE = "recipe.yaml"
-__all__ = ["BEST_STATE", "CHECKPOINT", "CURVES_PNG", "METRICS_CSV", "METRICS_JSONL", "MetricsLog", "RECIPE", "SUMMARY",
-           "load_run_file", "load_trainable_state", "plot_curves", "read_run_recipe", "save_atomic",
+__all__ = ["BEST_STATE", "CHECKPOINT", "CURVES_PNG", "METRICS_CSV", "METRICS_JSONL", "CurvePlotter", "MetricsLog", "RECIPE",
+           "SUMMARY", "load_run_file", "load_trainable_state", "plot_curves", "read_run_recipe", "save_atomic",
            "trainable_state", "write_text_atomic"]
 
 
@@ -89,6 +90,20 @@ class MetricsLog:
         write_atomic(self.run_dir / METRICS_CSV, write_csv)
 
 
+class CurvePlotter:
+    """Redraws a run's curve plot after an epoch: the first time, then at most once per ``interval`` seconds, and
+    always after the last epoch (drawing takes about 0.3 s, which short epochs should not pay every time)."""
+
+    def __init__(self, path: Path, *, loss_name: str = "cross-entropy", interval: float = 30.0) -> None:
+        self.path, self.loss_name, self.interval = path, loss_name, interval
+        self._drawn_at: float | None = None
+
+    def update(self, rows: list[dict], *, last: bool) -> None:
+        if last or self._drawn_at is None or time.monotonic() - self._drawn_at >= self.interval:
+            plot_curves(rows, self.path, loss_name=self.loss_name)
+            self._drawn_at = time.monotonic()
+
+
 def plot_curves(rows: list[dict], path: Path, *, loss_name: str = "cross-entropy") -> None:
     """Loss (and, where the rows have it, accuracy) per epoch as a PNG."""
     import matplotlib
@@ -106,8 +121,9 @@ def plot_curves(rows: list[dict], path: Path, *, loss_name: str = "cross-entropy
     if with_accuracy:
         right = axes[0, 1]
         right.plot(epochs, [100 * r["train_acc"] for r in rows], marker="o", label="train accuracy")
-        right.plot(epochs, [100 * r["select_acc"] for r in rows], marker="o",
-                   label=f"{rows[0]['select_split']} accuracy")
+        if all("select_acc" in r for r in rows):
+            right.plot(epochs, [100 * r["select_acc"] for r in rows], marker="o",
+                       label=f"{rows[0]['select_split']} accuracy")
         right.set_xlabel("epoch"), right.set_ylabel("%"), right.legend()
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))

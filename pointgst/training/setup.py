@@ -58,7 +58,10 @@ def autocast(precision: str, device: torch.device) -> torch.autocast:
     return torch.autocast(device.type, dtype=PRECISION_DTYPES.get(precision), enabled=precision in PRECISION_DTYPES)
 
 
-def selection_split(recipe: Recipe) -> str:
-    """``"test"`` with ``train.selection: test`` or the ``official`` preset (the official protocol), else ``"val"``."""
+def selection_split(recipe: Recipe) -> str | None:
+    """The split that picks the saved epoch: ``"test"`` with ``train.selection: test`` or the ``official`` preset
+    (the official protocol), none with ``train.selection: last`` (the last epoch is kept), else ``"val"``."""
+    if recipe.train.selection == "last":
+        return None
     official = recipe.method.options.get("preset") == "official"
     return "test" if recipe.train.selection == "test" or official else "val"

@@ -37,10 +37,10 @@ from .run_files import (
     CHECKPOINT,
     CURVES_PNG,
     SUMMARY,
+    CurvePlotter,
     MetricsLog,
     load_run_file,
     load_trainable_state,
-    plot_curves,
     save_atomic,
     trainable_state,
     write_text_atomic,
@@ -121,27 +121,32 @@ class Trainer:
 
     def _fit(self) -> dict[str, Any]:
         started = time.time()
+        curves = CurvePlotter(self.run_dir / CURVES_PNG)
         for epoch in range(self.start_epoch, self.epochs):
             self.loaders["train"].sampler.set_epoch(epoch)
             base_dataset(self.splits["train"]).set_epoch(epoch)  # a fresh point order for every sample
             train_loss, train_acc, seconds = self._train_epoch(epoch)
-            select = self._scores("select")
             row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
-                   **({"first_step_loss": self.first_step_loss} if epoch == 0 else {}),
-                   "train_acc": train_acc, "select_split": selection_split(self.recipe),
-                   "select_acc": select.acc, "select_macc": select.macc, "select_loss": select.loss,
-                   "epoch_seconds": seconds}
+                   **({"first_step_loss": self.first_step_loss} if epoch == 0 else {}), "train_acc": train_acc}
+            selecting = "select" in self.loaders  # not with train.selection=last
+            if selecting:
+                select = self._scores("select")
+                row.update(select_split=selection_split(self.recipe), select_acc=select.acc, select_macc=select.macc,
+                           select_loss=select.loss)
+            row["epoch_seconds"] = seconds
             if self.schedule_per == "epoch":
                 self.scheduler.step()
-            improved = self.best is None or select.acc > self.best["acc"]
+            improved = selecting and (self.best is None or select.acc > self.best["acc"])
             if improved:
                 self.best = {"epoch": epoch, "acc": select.acc, "macc": select.macc}
+            elif not selecting:
+                self.best = {"epoch": epoch}
             if self.dist.is_main:
                 self.log.append(row)
                 if improved:
                     save_atomic(trainable_state(self.model), self.run_dir / BEST_STATE)
                 self._checkpoint(epoch)
-                plot_curves(self.log.rows, self.run_dir / CURVES_PNG)
+                curves.update(self.log.rows, last=epoch == self.epochs - 1)
             self.dist.barrier()
         return self._finish(time.time() - started)
 
@@ -247,18 +252,20 @@ class Trainer:
 
     # -- the end ----------------------------------------------------------------------------------------------
     def _finish(self, seconds: float) -> dict[str, Any]:
-        last_test = self._scores("test")
-        best = self.run_dir / BEST_STATE
-        load_trainable_state(self.model, load_run_file(best), source=str(best))
-        best_test = self._scores("test")
+        last_test = best_test = self._scores("test")
+        if "select" in self.loaders:
+            best = self.run_dir / BEST_STATE
+            load_trainable_state(self.model, load_run_file(best), source=str(best))
+            best_test = self._scores("test")
+        split = selection_split(self.recipe)
         summary = {
-            "recipe": self.recipe.name, "selection": selection_split(self.recipe),
+            "recipe": self.recipe.name, "selection": split or "last",
             "best_epoch": self.best["epoch"],
             "test_acc": best_test.acc, "test_macc": best_test.macc,
             "test_acc_last_epoch": last_test.acc, "test_macc_last_epoch": last_test.macc,
-            "note": ("model selected on the TEST split (official protocol): test accuracy is optimistic"
-                     if selection_split(self.recipe) == "test" else
-                     "model selected on a validation split held out from the training data"),
+            "note": {"test": "model selected on the TEST split (official protocol): test accuracy is optimistic",
+                     "val": "model selected on a validation split held out from the training data",
+                     None: "no model selection: the last epoch's model"}[split],
         }
         if self.recipe.eval.vote:
             summary.update(vote_results(self.model, self.loaders["test"], self.recipe, self.dist,
