@@ -29,6 +29,8 @@ class PointBackbone(nn.Module):
     """
 
     architecture: str = ""
+    #: what the model predicts: ``"classification"`` (a label per cloud) or ``"segmentation"`` (a part per point)
+    task: str = "classification"
     classifier_name: str = ""
     #: modules trained together with the head in PEFT (the official trainable set beside adapters and tokens)
     head_modules: tuple[str, ...] = ()

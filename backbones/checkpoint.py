@@ -33,7 +33,7 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 FOLDER_FORMAT = "pointgst-backbone"  # the "format" field of a converted folder's config.json
 _PREFIXES = ("MAE_encoder.", "ACT_encoder.", "GPT_Transformer.", "base_model.")
-_WRAPPER_KEYS = ("base_model", "model", "state_dict")
+_WRAPPER_KEYS = ("base_model", "model", "state_dict", "model_state_dict")  # the last: segmentation
 # keys a pretraining checkpoint may lack: those only a fine-tuning model has, and PointGPT's extractor
 # ``increase_dim``, which the classification forward never uses (torch-pointcloud files leave it out)
 _FINETUNE_ONLY = re.compile(
@@ -115,8 +115,9 @@ def _corrupt(path: Path, err: BaseException) -> CheckpointError:
 
 
 def unwrap_state_dict(obj: Mapping[str, Any], source: str = "checkpoint") -> dict[str, Tensor]:
-    """Apply the official remapping: take ``base_model`` / ``model`` / ``state_dict`` if present, remove
-    ``module.`` anywhere in a key, strip the official prefixes. Returns a flat ``{key: tensor}``."""
+    """Apply the official remapping: take ``base_model`` / ``model`` / ``state_dict`` / ``model_state_dict`` (the
+    official segmentation script's) if present, remove ``module.`` anywhere in a key, strip the official prefixes.
+    Returns a flat ``{key: tensor}``."""
     for key in _WRAPPER_KEYS:
         if isinstance(obj.get(key), Mapping):
             obj = obj[key]
@@ -210,9 +211,11 @@ def fit_state_dict(model: nn.Module, state: Mapping[str, Tensor], *, strict: boo
 
 def _check_strict(report: LoadReport, model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     head_dropped = set(report.dropped_head_keys)
+    head = tuple(getattr(model, "head_prefixes", ()))  # a task head a backbone checkpoint cannot have
+    foreign = re.compile(getattr(model, "foreign_checkpoint_keys", None) or r"^$")
     bad_missing = [k for k in report.missing_keys if not _FINETUNE_ONLY.match(k) and k not in head_dropped
-                   and not k.endswith("num_batches_tracked")]
-    bad_unexpected = [k for k in report.unexpected_keys if not _PRETRAIN_ONLY.match(k)]
+                   and not k.startswith(head) and not k.endswith("num_batches_tracked")]
+    bad_unexpected = [k for k in report.unexpected_keys if not _PRETRAIN_ONLY.match(k) and not foreign.match(k)]
     if bad_missing or bad_unexpected:
         arch = getattr(model, "architecture", type(model).__name__)
         parts = []

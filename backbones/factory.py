@@ -23,6 +23,7 @@ from .checkpoint import (
 from .point_mae import PointMAE, PointMAETiny
 from .pointgpt import SIZES, PointGPT
 from .pretrained import PRETRAINED_CFGS, PretrainedCfg, hub_snapshot, resolve_pretrained_file
+from .segmentation import PointMAESegmentation, PointMAETinySegmentation
 from .torch_pointcloud import convert_torch_pointcloud_state_dict, looks_like_torch_pointcloud
 
 logger = logging.getLogger("pointgst")
@@ -31,8 +32,14 @@ ARCHITECTURES: dict[str, Callable[..., PointBackbone]] = {
     "point_mae": PointMAE,
     "point_mae_tiny": PointMAETiny,
     **{size: partial(PointGPT, size) for size in SIZES},
+    "point_mae_seg": PointMAESegmentation,
+    "point_mae_tiny_seg": PointMAETinySegmentation,
 }
+#: the part-segmentation architecture of each backbone architecture (it loads that backbone's weights)
+SEGMENTATION_ARCHITECTURES = {"point_mae": "point_mae_seg", "point_mae_tiny": "point_mae_tiny_seg"}
+TASKS = ("classification", "segmentation")
 DEFAULT_NUM_CLASSES = 40
+DEFAULT_NUM_PARTS = 50  # ShapeNetPart
 
 
 def list_backbones(pretrained: bool = False) -> list[str]:
@@ -59,7 +66,7 @@ def parse_name(name: str) -> tuple[str, PretrainedCfg | None]:
 
 
 def create_backbone(name: str, *, pretrained: bool | str | os.PathLike = False, num_classes: int | None = None,
-                    strict: bool = True, **model_kwargs: Any) -> PointBackbone:
+                    strict: bool = True, task: str = "classification", **model_kwargs: Any) -> PointBackbone:
     """Build a backbone.
 
     name: an architecture (``point_mae``, ``pointgpt_s``, ``pointgpt_b``, ``pointgpt_l``) or a pretrained tag
@@ -70,10 +77,13 @@ def create_backbone(name: str, *, pretrained: bool | str | os.PathLike = False, 
         size is dropped and reported, and the new head keeps its fresh initialisation.
     strict: require every backbone key (see :func:`pointgst.backbones.checkpoint.fit_state_dict`);
         ``False`` is the official non-strict load, still reported in ``model.load_report``.
+    task: ``"classification"``, or ``"segmentation"``: the part-segmentation model of the backbone (``point_mae`` ->
+        ``point_mae_seg``), loading the backbone's weights (``num_classes`` then counts parts, default 50).
     model_kwargs: architecture options, e.g. ``num_group=128`` for 2048-point clouds (default: what a weights
         folder written by ``save_pretrained`` records, else the architecture's defaults).
     """
     arch, cfg = parse_name(name)
+    arch = task_architecture(arch, task)
     source = None
     if pretrained is True:
         if cfg is None:
@@ -83,8 +93,11 @@ def create_backbone(name: str, *, pretrained: bool | str | os.PathLike = False, 
     elif pretrained is not False and pretrained is not None:
         source = _local_or_hub(pretrained)
     recorded = folder_config(source) if source else {}
-    if num_classes is None:
-        num_classes = (cfg.num_classes if cfg else None) or recorded.get("num_classes") or DEFAULT_NUM_CLASSES
+    if num_classes is None:  # the weights' own head size, where the weights are of this very architecture
+        tagged = cfg.num_classes if cfg and cfg.architecture == arch else None
+        saved = recorded.get("num_classes") if recorded.get("architecture", arch) == arch else None
+        default = DEFAULT_NUM_PARTS if architecture_task(arch) == "segmentation" else DEFAULT_NUM_CLASSES
+        num_classes = tagged or saved or default
     model_kwargs = {**(recorded.get("backbone_options") or {}), **model_kwargs}  # a saved folder's grouping
     model = ARCHITECTURES[arch](num_classes=num_classes, **model_kwargs)
     if source is None:
@@ -95,6 +108,23 @@ def create_backbone(name: str, *, pretrained: bool | str | os.PathLike = False, 
     logger.info("%s", report)
     model.load_report = report
     return model
+
+
+def architecture_task(arch: str) -> str:
+    """What an architecture predicts: ``"segmentation"`` (a part per point) or ``"classification"``."""
+    return "segmentation" if arch in SEGMENTATION_ARCHITECTURES.values() else "classification"
+
+
+def task_architecture(arch: str, task: str) -> str:
+    """The architecture that does ``task`` with ``arch``'s weights (``arch`` itself when it already does it)."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == "classification" or arch in SEGMENTATION_ARCHITECTURES.values():
+        return arch
+    if arch not in SEGMENTATION_ARCHITECTURES:
+        raise UnknownNameError(f"{arch} has no part-segmentation model yet; segmentation backbones: "
+                               f"{', '.join(SEGMENTATION_ARCHITECTURES)}")
+    return SEGMENTATION_ARCHITECTURES[arch]
 
 
 def _local_or_hub(pretrained: str | os.PathLike) -> Path:
@@ -160,6 +190,6 @@ def folder_config(folder: Path) -> dict[str, Any]:
 
 def _check_folder_architecture(folder: Path, model: PointBackbone, config: dict[str, Any]) -> None:
     arch = config.get("architecture")
-    if arch and arch != model.architecture:
+    if arch and arch != model.architecture and SEGMENTATION_ARCHITECTURES.get(arch) != model.architecture:
         raise CheckpointError(f"{folder} holds {arch} weights but the model is {model.architecture}; "
                               f"create_backbone({arch!r}, pretrained={str(folder)!r})")

@@ -52,10 +52,19 @@ class BlockStack(nn.Module):
 
     def run_blocks(self, blocks: nn.ModuleList, x: Tensor, pos: Tensor, geometry: Any) -> Tensor:
         """x, pos (B, T, C) -> (B, T, C) after every block."""
+        return self.block_outputs(blocks, x, pos, geometry, [len(blocks) - 1])[0]
+
+    def block_outputs(self, blocks: nn.ModuleList, x: Tensor, pos: Tensor, geometry: Any,
+                      indices: list[int]) -> list[Tensor]:
+        """x, pos (B, T, C) -> the outputs (B, T, C) of the blocks at ``indices`` (ascending, 0-based); the blocks
+        after the last of them are not run."""
         recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for block in blocks:
+        outputs = []
+        for index, block in enumerate(blocks[:indices[-1] + 1]):
             x = checkpoint(block, x + pos, geometry, use_reentrant=False) if recompute else block(x + pos, geometry)
-        return x
+            if index in indices:
+                outputs.append(x)
+        return outputs
 
 
 def init_vit_weights(module: nn.Module) -> None:

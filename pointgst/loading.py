@@ -19,7 +19,7 @@ from torch import nn
 from pointgst.atomic import read_manifest
 from pointgst.backbones import PointBackbone, create_backbone
 from pointgst.backbones.checkpoint import CONFIG_FILE, FOLDER_FORMAT, read_checkpoint
-from pointgst.backbones.factory import folder_config, parse_name
+from pointgst.backbones.factory import architecture_task, folder_config, parse_name
 from pointgst.backbones.pretrained import PRETRAINED_CFGS, hub_snapshot
 from pointgst.errors import CheckpointError
 from pointgst.tuner import PointPeftModel
@@ -52,6 +52,7 @@ def load_adapter(adapter: str | os.PathLike, backbone_or_name: nn.Module | str |
         architecture and grouping options the folder records (``backbone_kwargs`` override them).
     """
     folder = resolve_adapter_dir(adapter)
+    manifest = read_manifest(folder) or read_manifest(folder.parent)  # an adapter saved beside others: its parent
     latest = read_manifest(folder).get("format")  # a folder saved into more than once: its latest save counts
     if (folder / PEFT_CONFIG).is_file() and latest != FOLDER_FORMAT:
         config = _read_peft_config(folder)
@@ -59,7 +60,9 @@ def load_adapter(adapter: str | os.PathLike, backbone_or_name: nn.Module | str |
         if isinstance(backbone, nn.Module):
             _check_backbone(folder, backbone, config)
         else:
-            options = {**(getattr(config, "backbone_options", None) or {}), **backbone_kwargs}
+            # pointgst's own config records the backbone; peft's (LoRA) does not, the folder's manifest does
+            recorded = getattr(config, "backbone_options", None) or manifest.get("backbone_options") or {}
+            options = {**recorded, **backbone_kwargs}
             source = backbone or config.base_model_name_or_path
             num_classes = options.pop("num_classes", None) or _saved_head_classes(folder)
             backbone = _rebuild(folder, source, options.pop("architecture", None), num_classes, options)
@@ -105,8 +108,9 @@ def _rebuild(folder: Path, source: str | None, architecture: str | None, num_cla
     if not source:
         raise ValueError(f"{folder} does not record its backbone's weights (it was trained on a randomly "
                          "initialised backbone); pass the backbone: load_adapter(path, backbone)")
-    if source in PRETRAINED_CFGS:
-        return create_backbone(source, pretrained=True, num_classes=num_classes, **options)
+    if source in PRETRAINED_CFGS:  # a segmentation adapter records a classification tag's weights
+        task = architecture_task(architecture) if architecture else "classification"
+        return create_backbone(source, pretrained=True, num_classes=num_classes, task=task, **options)
     relative = folder / source  # a converted official checkpoint records its backbone folder relatively
     pretrained = str(relative.resolve()) if not Path(source).is_absolute() and relative.exists() else source
     architecture = architecture or folder_config(Path(pretrained)).get("architecture")

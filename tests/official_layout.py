@@ -97,3 +97,16 @@ def pointgpt_finetune(size: str, classes: int = 15) -> dict[str, tuple[int, ...]
     c = GPT_SIZES[size][0]
     return {**pointgpt_pretrain(size), "cls_token": (1, 1, c), "cls_pos": (1, 1, c),
             **head("blocks.cls_head_finetune", 2 * c, classes), **_ln("blocks.cls_norm", c)}
+
+
+def point_mae_segmentation(parts: int = 50, categories: int = 16) -> dict[str, tuple[int, ...]]:
+    """The official Point-MAE segmentation model ``get_model`` (192 entries with 50 parts): the fine-tuning backbone
+    keys without cls token, cls position and head, then the category embedding, the feature propagation and the
+    per-point head (docs/segmentation.md §1)."""
+    c, fetched = 384, 3 * 384
+    backbone = {k: v for k, v in point_mae_finetune().items() if not k.startswith(("cls_token", "cls_pos", "cls_head"))}
+    return {**backbone, "label_conv.0.weight": (64, categories, 1), **_bn("label_conv.1", 64),
+            **_conv("propagation_0.mlp_convs.0", 4 * c, fetched + 3), **_bn("propagation_0.mlp_bns.0", 4 * c),
+            **_conv("propagation_0.mlp_convs.1", 1024, 4 * c), **_bn("propagation_0.mlp_bns.1", 1024),
+            **_conv("convs1", 512, 1024 + 2 * fetched + 64), **_conv("convs2", 256, 512),
+            **_conv("convs3", parts, 256), **_bn("bns1", 512), **_bn("bns2", 256)}

@@ -298,3 +298,15 @@ def test_load_adapter_rebuilds_a_tagged_backbone_offline(tmp_path, clouds):
     result = subprocess.run([sys.executable, "-c", _TAG_ROUND_TRIP, str(tmp_path / "clouds.pt"),
                              str(tmp_path / "adapter")], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_peft_lora_adapter_reloads_with_the_grouping_it_was_trained_with(tmp_path):
+    """peft's LoraConfig records no backbone options; the folder's manifest does, so a LoRA model wrapped with another
+    grouping than its weights' source reloads with that grouping (it silently got the source's 64 groups before)."""
+    model = pointgst.wrap("point_mae_tiny.modelnet40", "lora", num_group=32, group_size=16).eval()
+    clouds = torch.randn(2, 256, 3, generator=torch.Generator().manual_seed(0))
+    model.save_pretrained(tmp_path / "lora")
+    loaded = pointgst.load_adapter(tmp_path / "lora").eval()
+    assert loaded.get_base_model().group_divider.num_group == 32
+    with torch.no_grad():
+        assert torch.equal(loaded(clouds), model(clouds))

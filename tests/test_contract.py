@@ -7,6 +7,9 @@
 - ``unload()`` gives the backbone back bit-exactly (``full`` trains the backbone itself: it returns it);
 - the parameter report's parts sum to its totals.
 
+The segmentation task is covered by ``point_mae_tiny_seg`` (per-point logits from points and a category); a method
+that replaces the classification head is refused on it with a clear error.
+
 Each backbone sits on a weights folder that, like a pretraining checkpoint, lacks the cls token and position and the
 head, so what the model depends on beyond its source must travel with the adapter. Grouping is small (32 groups of
 16 points, 128-point clouds) to keep the matrix fast. The default run covers both model families through
@@ -26,27 +29,43 @@ import torch
 import torch.nn.functional as F
 
 import pointgst
-from pointgst.adapters import FULL, METHODS
+from pointgst.adapters import FULL, HEAD, METHODS
 from pointgst.backbones.checkpoint import FOLDER_FORMAT, write_weights_folder
 
 GROUPING = {"num_group": 32, "group_size": 16}
 CLASSES = 5
-BACKBONES = ["point_mae_tiny", "pointgpt_s", pytest.param("point_mae", marks=pytest.mark.slow),
-             pytest.param("pointgpt_b", marks=pytest.mark.slow), pytest.param("pointgpt_l", marks=pytest.mark.slow)]
+BACKBONES = ["point_mae_tiny", "pointgpt_s", "point_mae_tiny_seg", pytest.param("point_mae", marks=pytest.mark.slow),
+             pytest.param("pointgpt_b", marks=pytest.mark.slow), pytest.param("pointgpt_l", marks=pytest.mark.slow),
+             pytest.param("point_mae_seg", marks=pytest.mark.slow)]
 METHOD_NAMES = METHODS.names()
+#: the backbone family whose (pretraining) weights a segmentation model starts from
+WEIGHTS_ARCH = {"point_mae_tiny_seg": "point_mae_tiny", "point_mae_seg": "point_mae"}
 
 
 def points(batch: int, seed: int) -> torch.Tensor:
     return torch.randn(batch, 128, 3, generator=torch.Generator().manual_seed(seed))
 
 
+def inputs(arch: str, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """The model's inputs: clouds, and for a segmentation model one category per cloud."""
+    return (points(batch, seed), torch.arange(batch) % 16) if arch in WEIGHTS_ARCH else (points(batch, seed),)
+
+
+def loss_of(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against fixed labels: one per cloud (B, C), or one per point (B, N, C)."""
+    labels = torch.arange(logits[..., 0].numel()).reshape(logits.shape[:-1]) % CLASSES
+    return F.cross_entropy(logits.reshape(-1, CLASSES), labels.reshape(-1))
+
+
 def pretraining_folder(arch: str, folder: Path) -> Path:
-    """A seeded random backbone saved without cls token, cls position and head, as a pretraining checkpoint is."""
+    """A seeded random backbone saved without cls token, cls position and head, as a pretraining checkpoint is (a
+    segmentation model's backbone part, as its backbone family's checkpoint)."""
     torch.manual_seed(11)
     backbone = pointgst.create_backbone(arch, num_classes=CLASSES, **GROUPING)
     state = {k: v for k, v in backbone.state_dict().items()
              if k not in ("cls_token", "cls_pos") and not k.startswith(backbone.head_prefixes)}
-    write_weights_folder(state, folder, {"format": FOLDER_FORMAT, "architecture": arch, "num_classes": None,
+    write_weights_folder(state, folder, {"format": FOLDER_FORMAT, "architecture": WEIGHTS_ARCH.get(arch, arch),
+                                         "num_classes": None,
                                          "backbone_options": {**GROUPING, "skip_near_origin": False}})
     return folder
 
@@ -68,30 +87,34 @@ def build_case(arch: str, root: Path) -> dict:
     """Per method on one backbone: outputs before and after wrapping, what one step changed, the unloaded backbone,
     the report, and the saved folder."""
     source = pretraining_folder(arch, root / "backbone")
-    x, train_x = points(3, 1), points(4, 2)
-    labels = torch.arange(4) % CLASSES
+    x, train_x = inputs(arch, 3, 1), inputs(arch, 4, 2)
     results = {}
     for method in METHOD_NAMES:
         torch.manual_seed(21)
         backbone = pointgst.create_backbone(arch, pretrained=source, num_classes=CLASSES).eval()
         pristine = copy.deepcopy(backbone.state_dict())
         with torch.no_grad():
-            frozen_logits = backbone(x)
+            frozen_logits = backbone(*x)
+        if backbone.task == "segmentation" and any(spec.attaches == HEAD for spec in METHODS.parts(method)):
+            with pytest.raises(ValueError) as refused:
+                pointgst.wrap(backbone, method=method)
+            results[method] = {"refused": str(refused.value)}
+            continue
         model = pointgst.wrap(backbone, method=method).eval()
         with torch.no_grad():
-            wrapped_logits = model(x)
+            wrapped_logits = model(*x)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         owners = owners_of_trainable(model)
         model.train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        F.cross_entropy(model(train_x), labels).backward()
+        loss_of(model(*train_x)).backward()
         optimizer.step()
         changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
         perturb_trainable(model, seed=31)
         model.eval()
         with torch.no_grad():
-            trained_logits = model(x)
+            trained_logits = model(*x)
         folder = root / method.replace("+", "_")
         model.save_pretrained(folder)
         report = pointgst.parameter_report(model)
@@ -112,16 +135,16 @@ def reload_in_a_fresh_process(cases: dict[str, dict], root: Path) -> None:
     """Load every saved model of ``cases`` (arch -> method -> result) in one new process, under a seed none of them
     was built with, and store its logits as ``result["reloaded"]``."""
     jobs = {f"{arch}/{method}": (str(r["folder"]), str(root / f"{arch}-x.pt"))
-            for arch, results in cases.items() for method, r in results.items()}
+            for arch, results in cases.items() for method, r in results.items() if "folder" in r}
     for arch, results in cases.items():
-        torch.save(next(iter(results.values()))["x"], root / f"{arch}-x.pt")
+        torch.save(next(r for r in results.values() if "x" in r)["x"], root / f"{arch}-x.pt")
     script = textwrap.dedent(f"""
         import json, torch, pointgst
         out = {{}}
         for job, (folder, points) in json.loads({json.dumps(jobs)!r}).items():
             torch.manual_seed(987654)  # not the seed the model was built with
             with torch.no_grad():
-                out[job] = pointgst.load_adapter(folder).eval()(torch.load(points))
+                out[job] = pointgst.load_adapter(folder).eval()(*torch.load(points))
         torch.save(out, {str(root / 'reloaded.pt')!r})
     """)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
@@ -129,10 +152,20 @@ def reload_in_a_fresh_process(cases: dict[str, dict], root: Path) -> None:
     reloaded = torch.load(root / "reloaded.pt")
     for arch, results in cases.items():
         for method, result in results.items():
-            result["reloaded"] = reloaded[f"{arch}/{method}"]
+            if "folder" in result:
+                result["reloaded"] = reloaded[f"{arch}/{method}"]
 
 
 _CASES: dict[str, dict] = {}
+
+
+def applicable(result: dict) -> bool:
+    """False for a method a segmentation model refuses (one replacing the classification head), after checking that
+    the refusal is the clear one."""
+    if "refused" in result:
+        assert "replaces a classification head" in result["refused"] and "segmentation" in result["refused"]
+        return False
+    return True
 
 
 @pytest.fixture(scope="module", params=BACKBONES)
@@ -152,6 +185,8 @@ def case(request, tmp_path_factory) -> dict:
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_untrained_model_equals_the_frozen_backbone_where_the_registry_says_exact(case, method):
     result = case[method]
+    if not applicable(result):
+        return
     exact = all(spec.exact_at_init for spec in METHODS.parts(method))
     if exact:
         assert torch.equal(result["wrapped"], result["frozen"]), method
@@ -162,6 +197,8 @@ def test_untrained_model_equals_the_frozen_backbone_where_the_registry_says_exac
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_one_step_changes_only_trainable_tensors(case, method):
     result = case[method]
+    if not applicable(result):
+        return
     assert result["changed"], f"{method}: one optimizer step changed nothing"
     for key in result["changed"]:
         allowed = key in result["trainable"] or key.rpartition(".")[0] in result["owners"]
@@ -171,12 +208,16 @@ def test_one_step_changes_only_trainable_tensors(case, method):
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_save_then_load_in_a_fresh_differently_seeded_process_gives_identical_logits(case, method):
     result = case[method]
+    if not applicable(result):
+        return
     assert (result["reloaded"] - result["trained"]).abs().max().item() <= 1e-6, method
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_unload_gives_the_backbone_back_bit_exactly(case, method):
     result = case[method]
+    if not applicable(result):
+        return
     assert issubclass(result["unloaded_type"], pointgst.backbones.PointBackbone), method
     if METHODS.parts(method)[0].attaches == FULL:  # full fine-tuning trains the backbone itself and returns it
         return
@@ -187,6 +228,8 @@ def test_unload_gives_the_backbone_back_bit_exactly(case, method):
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_report_parts_sum_to_the_totals(case, method):
     result = case[method]
+    if not applicable(result):
+        return
     report = result["report"]
     assert sum(report.breakdown.values()) == report.trainable == result["counted"], method
     assert report.backbone_total == result["backbone_total"], method

@@ -108,6 +108,21 @@ class HeadLayer(ModuleLayer):
         return active[-1][1](tokens, geometry)
 
 
+class CarrierLayer(nn.Module, PointGSTLayer):
+    """Wraps a handle without changing what it computes: the target that marks a model as adapted where no other
+    module is (a head-only adapter of a segmentation model, which has no cls token to copy). Owns no parameters."""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self._init_layer(base_layer)
+
+    def update_layer(self, adapter_name: str) -> None:
+        self._add(adapter_name, nn.Module(), trainable=False)
+
+    def forward(self, *args: Any) -> Any:
+        return self.base_layer(*args)
+
+
 class NormStatsLayer(nn.Module, PointGSTLayer):
     """Official BatchNorm drift (``bn_stats="update"``): each adapter owns a frozen copy of a frozen BatchNorm
     layer whose running statistics follow the data in training mode and are saved with the adapter."""

@@ -8,23 +8,30 @@ from torch import nn
 from pointgst.adapters import HEAD, PARALLEL
 
 from .config import PointGSTConfig
-from .layer import HeadLayer, NormStatsLayer, ParallelAdapterLayer, PointGSTLayer, SpecialTokensLayer
+from .layer import CarrierLayer, HeadLayer, NormStatsLayer, ParallelAdapterLayer, PointGSTLayer, SpecialTokensLayer
 
 BRANCHES = {"ffn": ("ffn_branch",), "ffn+attn": ("ffn_branch", "attn_branch")}
 SPECIAL_TOKENS = "special_tokens"
 CLASSIFY = "classify"
+SEGMENT = "segment"
 
 
 def default_target_modules(model: nn.Module, config: PointGSTConfig) -> list[str]:
     """Names of the handles and modules a config adapts in ``model`` (a pointgst backbone): the branches of every
     transformer block for a parallel method, the ``classify`` handle for a head method, always the cls tokens (each
-    adapter owns copies), and with ``bn_stats="update"`` every frozen BatchNorm outside the head."""
-    names = [SPECIAL_TOKENS]
+    adapter owns copies; a segmentation model has none, and its ``segment`` handle carries the adapter instead, so
+    that a head-only adapter has a target too), and with ``bn_stats="update"`` every frozen BatchNorm outside the
+    head."""
+    names = [SPECIAL_TOKENS] if model.num_special_tokens else [SEGMENT]
     if config.part(PARALLEL)[0] is not None:
         blocks = {id(block) for block in model.transformer_blocks}  # the extractor's blocks, not a generator's
         names += [f"{name}.{branch}" for name, module in model.named_modules() if id(module) in blocks
                   for branch in BRANCHES[config.placement]]
     if config.part(HEAD)[0] is not None:
+        if model.task != "classification":
+            raise ValueError(f"{config.part(HEAD)[0].name} replaces a classification head, and "
+                             f"{model.architecture} does {model.task}; use a method that adapts the blocks (pcsa, "
+                             "dcnv4, lora) or linear / full")
         names.append(CLASSIFY)
     if config.bn_stats == "update":
         names += [name for name, module in model.named_modules()
@@ -81,6 +88,8 @@ class PointGSTModel(BaseTuner):
             layer = SpecialTokensLayer(target)
         elif target_name == CLASSIFY:
             layer = HeadLayer(target)
+        elif target_name == SEGMENT:
+            layer = CarrierLayer(target)
         elif isinstance(target, nn.modules.batchnorm._BatchNorm):
             layer = NormStatsLayer(target)
         else:
@@ -112,4 +121,4 @@ class PointGSTModel(BaseTuner):
         return super()._unload_and_optionally_merge(merge=False, *args, **kwargs)
 
 
-__all__ = ["BRANCHES", "CLASSIFY", "PointGSTModel", "SPECIAL_TOKENS", "default_target_modules"]
+__all__ = ["BRANCHES", "CLASSIFY", "PointGSTModel", "SEGMENT", "SPECIAL_TOKENS", "default_target_modules"]

@@ -114,8 +114,11 @@ class PointPeftModel(PeftModel):
                 if extra:
                     save_file(extra, str(folder / BACKBONE_STATE),
                               metadata={"format": "pt", METHOD_KEY: method_name(self.peft_config[name])})
+            backbone = self.get_base_model()
             return {"format": ADAPTER_FORMAT, "pointgst_version": __version__,
-                    "methods": {name: method_name(self.peft_config[name]) for name in names}}
+                    "methods": {name: method_name(self.peft_config[name]) for name in names},
+                    "backbone_options": {"architecture": backbone.architecture, "num_classes": backbone.num_classes,
+                                         **backbone.grouping_options}}
 
         return write_folder(save_directory, fill, overwrite=overwrite)
 

@@ -1,0 +1,192 @@
+"""The Point-MAE part-segmentation model: the official key layout and counts, an official-layout checkpoint that loads
+strictly and gives the reference model's outputs, pretrained backbone weights that fill it, and the tuning methods
+on it (docs/segmentation.md §1)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import pointgst
+from pointgst.backbones.segmentation import PointMAESegmentation, default_fetch_layers, three_nn_interpolate
+from pointgst.errors import CheckpointError
+from pointgst.ops import farthest_point_sample, gather_points, knn_indices
+
+from .official_layout import point_mae_segmentation
+
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "shapenetpart_samples"
+NORMAL = SAMPLES / "shapenetcore_partanno_segmentation_benchmark_v0_normal"
+
+
+def test_official_layout_and_counts():
+    model = PointMAESegmentation()
+    state = model.state_dict()
+    assert len(state) == 192 and sum(p.numel() for p in model.parameters()) == 27_063_730
+    assert {k: tuple(v.shape) for k, v in state.items()} == point_mae_segmentation()
+
+
+def test_fetch_layers_spread_over_the_depth():
+    assert default_fetch_layers(12) == (3, 7, 11) and default_fetch_layers(24) == (7, 15, 23)
+    assert default_fetch_layers(4) == (0, 1, 3)
+    with pytest.raises(ValueError, match="ascending distinct block indices"):
+        PointMAESegmentation(fetch_layers=(7, 3))
+
+
+class ReferenceSegmentation(nn.Module):
+    """The official segmentation network written from docs/segmentation.md §1, with the official key names."""
+
+    def __init__(self, parts: int = 50, dim: int = 384, depth: int = 12, heads: int = 6, num_group: int = 128):
+        super().__init__()
+        self.heads, self.num_group = heads, num_group
+        self.encoder = nn.Module()
+        self.encoder.first_conv = nn.Sequential(nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(),
+                                                nn.Conv1d(128, 256, 1))
+        self.encoder.second_conv = nn.Sequential(nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(),
+                                                 nn.Conv1d(512, dim, 1))
+        self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, dim))
+        self.blocks = nn.Module()
+        self.blocks.blocks = nn.ModuleList()
+        for _ in range(depth):
+            block = nn.Module()
+            block.norm1, block.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+            block.attn = nn.Module()
+            block.attn.qkv, block.attn.proj = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim)
+            block.mlp = nn.Module()
+            block.mlp.fc1, block.mlp.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+            self.blocks.blocks.append(block)
+        self.norm = nn.LayerNorm(dim)
+        self.label_conv = nn.Sequential(nn.Conv1d(16, 64, 1, bias=False), nn.BatchNorm1d(64), nn.LeakyReLU(0.2))
+        self.propagation_0 = nn.Module()
+        self.propagation_0.mlp_convs = nn.ModuleList([nn.Conv1d(3 * dim + 3, 4 * dim, 1), nn.Conv1d(4 * dim, 1024, 1)])
+        self.propagation_0.mlp_bns = nn.ModuleList([nn.BatchNorm1d(4 * dim), nn.BatchNorm1d(1024)])
+        self.convs1, self.convs2 = nn.Conv1d(1024 + 6 * dim + 64, 512, 1), nn.Conv1d(512, 256, 1)
+        self.convs3 = nn.Conv1d(256, parts, 1)
+        self.bns1, self.bns2 = nn.BatchNorm1d(512), nn.BatchNorm1d(256)
+
+    def attention(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = attn.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        weights = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).softmax(dim=-1)
+        return attn.proj((weights @ v).transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, points: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
+        """points (B, N, 3), category (B,) -> log-probabilities (B, N, parts), as the official forward returns."""
+        b, n, _ = points.shape
+        centers = gather_points(points, farthest_point_sample(points, self.num_group))
+        patches = gather_points(points, knn_indices(centers, points, 32)) - centers.unsqueeze(2)
+        g, k = patches.shape[1:3]
+        feature = self.encoder.first_conv(patches.reshape(b * g, k, 3).transpose(2, 1))
+        feature = torch.cat([feature.max(dim=2, keepdim=True).values.expand(-1, -1, k), feature], dim=1)
+        x = self.encoder.second_conv(feature).max(dim=2).values.reshape(b, g, -1)
+        pos, fetched = self.pos_embed(centers), []
+        for i, block in enumerate(self.blocks.blocks):
+            x = x + pos
+            x = x + self.attention(block.attn, block.norm1(x))
+            x = x + block.mlp.fc2(F.gelu(block.mlp.fc1(block.norm2(x))))
+            if i in (3, 7, 11):
+                fetched.append(self.norm(x).transpose(1, 2))
+        x = torch.cat(fetched, dim=1)  # (B, 1152, G)
+        one_hot = F.one_hot(category, 16).float().unsqueeze(-1)
+        global_feature = torch.cat([x.max(dim=2).values, x.mean(dim=2), self.label_conv(one_hot)[..., 0]], dim=1)
+        # PointNet++ propagation with the official squared-distance expansion and a sort
+        d2 = -2 * points @ centers.transpose(1, 2) + points.square().sum(-1, keepdim=True) + \
+            centers.square().sum(-1).unsqueeze(1)
+        d2, index = d2.sort(dim=-1)
+        weight = 1.0 / (d2[..., :3] + 1e-8)
+        weight = weight / weight.sum(-1, keepdim=True)
+        features = x.transpose(1, 2)  # (B, G, 1152)
+        gathered = torch.stack([features[i][index[i, :, :3]] for i in range(b)])  # (B, N, 3, 1152)
+        interpolated = (gathered * weight.unsqueeze(-1)).sum(2)
+        y = torch.cat([points, interpolated], dim=-1).transpose(1, 2)
+        for conv, norm in zip(self.propagation_0.mlp_convs, self.propagation_0.mlp_bns):
+            y = F.relu(norm(conv(y)))
+        y = torch.cat([y, global_feature.unsqueeze(-1).expand(-1, -1, n)], dim=1)
+        y = F.relu(self.bns1(self.convs1(y)))
+        y = F.relu(self.bns2(self.convs2(y)))
+        return F.log_softmax(self.convs3(y), dim=1).permute(0, 2, 1)
+
+
+def trained_reference() -> ReferenceSegmentation:
+    """A reference model with non-trivial BatchNorm statistics, as after training, in eval mode."""
+    torch.manual_seed(3)
+    model = ReferenceSegmentation()
+    generator = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("running_mean"):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
+            elif name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+    return model.eval()
+
+
+def shapes_2048() -> torch.Tensor:
+    """Two real ShapeNetPart shapes (2048 points each, normalised) when the shared samples are here, else two
+    seeded random clouds."""
+    files = sorted(NORMAL.glob("*/*.txt"))[:2] if NORMAL.is_dir() else []
+    if len(files) < 2:
+        return torch.randn(2, 2048, 3, generator=torch.Generator().manual_seed(7))
+    clouds = []
+    for file in files:
+        xyz = torch.from_numpy(__import__("numpy").loadtxt(file)[:, :3]).float()
+        xyz = xyz - xyz.mean(0)
+        xyz = xyz / xyz.norm(dim=1).max()
+        clouds.append(xyz[torch.randint(len(xyz), (2048,), generator=torch.Generator().manual_seed(8))])
+    return torch.stack(clouds)
+
+
+def test_official_checkpoint_loads_strictly_and_gives_the_reference_outputs(tmp_path):
+    reference = trained_reference()
+    torch.save({"epoch": 7, "class_avg_iou": 0.5, "model_state_dict": reference.state_dict(),
+                "optimizer_state_dict": {"state": {}, "param_groups": []}}, tmp_path / "best_model.pth")
+    model = pointgst.create_backbone("point_mae_seg", pretrained=tmp_path / "best_model.pth").eval()
+    assert model.load_report.missing_keys == [] and model.load_report.unexpected_keys == []
+    points, category = shapes_2048(), torch.tensor([15, 14])
+    with torch.no_grad():
+        expected = reference(points, category)
+        got = F.log_softmax(model(points, category), dim=-1)
+    assert got.shape == (2, 2048, 50)
+    assert (got - expected).abs().max().item() <= 1e-5
+
+
+def test_pretrained_backbone_weights_fill_everything_before_the_head(tmp_path):
+    backbone = pointgst.create_backbone("point_mae", num_classes=15)
+    state = {f"MAE_encoder.{k}": v for k, v in backbone.state_dict().items()
+             if not k.startswith(("cls_token", "cls_pos", "cls_head"))}
+    torch.save({"base_model": state}, tmp_path / "pretrain.pth")
+    model = pointgst.create_backbone("point_mae_seg", pretrained=tmp_path / "pretrain.pth")
+    head = [k for k in model.state_dict() if k.startswith(model.head_prefixes)]
+    assert sorted(model.load_report.missing_keys) == sorted(head) and len(head) == 36
+    assert torch.equal(model.state_dict()["blocks.blocks.11.mlp.fc2.weight"],
+                       backbone.state_dict()["blocks.blocks.11.mlp.fc2.weight"])
+    # a tag of the backbone family builds its segmentation model with task="segmentation"
+    tiny = pointgst.create_backbone("point_mae_tiny.modelnet40", pretrained=True, task="segmentation")
+    assert tiny.architecture == "point_mae_tiny_seg" and tiny.num_classes == 50
+
+
+def test_a_foreign_checkpoint_is_refused_with_a_clear_line(tmp_path):
+    torch.save({"base_model": pointgst.create_backbone("pointgpt_s").state_dict()}, tmp_path / "gpt.pth")
+    with pytest.raises(CheckpointError, match="does not (fit|match) point_mae_seg"):
+        pointgst.create_backbone("point_mae_seg", pretrained=tmp_path / "gpt.pth")
+    with pytest.raises(pointgst.errors.UnknownNameError, match="no part-segmentation model"):
+        pointgst.create_backbone("pointgpt_s", task="segmentation")
+
+
+def test_bad_categories_get_one_clear_line():
+    model = PointMAESegmentation(num_group=16, group_size=8).eval()
+    points = torch.randn(2, 64, 3)
+    for category, needle in ((torch.tensor([0.0, 1.0]), "integer tensor"), (torch.tensor([1]), r"shape \(B,\)"),
+                             (torch.tensor([0, 16]), r"in \[0, 16\)")):
+        with pytest.raises(ValueError, match=needle):
+            model(points, category)
+
+
+def test_three_nn_interpolation_is_exact_at_a_centre_and_weights_sum_to_one():
+    centers = torch.tensor([[[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]])
+    features = torch.arange(8.0).reshape(1, 4, 2)
+    at_centre = three_nn_interpolate(centers[:, 1:2], centers, features)
+    assert torch.allclose(at_centre, features[:, 1:2], atol=1e-6)
+    constant = three_nn_interpolate(torch.rand(1, 5, 3), centers, torch.ones(1, 4, 2))
+    assert torch.allclose(constant, torch.ones(1, 5, 2), atol=1e-6)
