@@ -8,6 +8,7 @@ from pointgst.commands import (
     convert_command,
     data_convert_command,
     data_convert_fewshot_command,
+    data_procedural_parts_command,
     demo_command,
     eval_command,
     fewshot_command,
@@ -150,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     convert_fewshot.add_argument("--allow-pickle", action="store_true",
                                  help="required: the files are pickles, which can run code; only for trusted files")
     convert_fewshot.set_defaults(run=data_convert_fewshot_command)
+    parts = data.add_parser("procedural-parts", help="write a procedural part-labelled dataset in the ShapeNetPart "
+                                                     "layout (16 categories of primitive shapes, 50 parts)")
+    parts.add_argument("out", help="a new (or empty) folder")
+    parts.add_argument("--shapes-per-category", type=int, default=40, help="shapes of each category (default 40)")
+    parts.add_argument("--points", type=int, default=2048, help="points per shape (default 2048)")
+    parts.add_argument("--seed", type=int, default=0)
+    parts.set_defaults(run=data_procedural_parts_command)
     return parser
 
 

@@ -125,14 +125,21 @@ def demo_command(args: argparse.Namespace) -> None:
 
 
 def _print_table(rows: dict) -> None:
-    """``key  value`` lines; accuracies (keys with ``acc``, fractions in [0, 1]) as percentages with two decimals
-    (``summary.json`` / ``eval.json`` keep the full precision)."""
-    width = max(len(k) for k in rows)
-    print("\n".join(f"{k:<{width}}  {_readable(k, v)}" for k, v in rows.items()))
+    """``key  value`` lines; accuracies and mIoUs (keys with ``acc`` or ``miou``, fractions in [0, 1]) as percentages
+    with two decimals (``summary.json`` / ``eval.json`` keep the full precision); a per-category table (segmentation)
+    after them, one category a line."""
+    flat = {k: v for k, v in rows.items() if not isinstance(v, dict)}
+    width = max(len(k) for k in flat)
+    print("\n".join(f"{k:<{width}}  {_readable(k, v)}" for k, v in flat.items()))
+    for key, table in rows.items():
+        if isinstance(table, dict) and all(isinstance(row, dict) and "miou" in row for row in table.values()):
+            print(f"{key} (mIoU of the category's shapes):")
+            print("\n".join(f"  {name:<12} {100 * row['miou']:6.2f}%  ({row['shapes']} shapes)"
+                            for name, row in table.items()))
 
 
 def _readable(key: str, value: object) -> object:
-    if "acc" in key and isinstance(value, float) and 0.0 <= value <= 1.0:
+    if ("acc" in key or "miou" in key) and isinstance(value, float) and 0.0 <= value <= 1.0:
         return f"{100 * value:.2f}%"
     return value
 
@@ -181,3 +188,12 @@ def data_convert_fewshot_command(args: argparse.Namespace) -> None:
     folders = convert_official_episodes(args.root, args.out, allow_pickle=args.allow_pickle)
     print(f"wrote {len(folders)} episodes under {args.out}; use them with "
           f"pointgst fewshot RECIPE --episodes {args.out}")
+
+
+def data_procedural_parts_command(args: argparse.Namespace) -> None:
+    from pointgst.data.procedural_parts import write_procedural_shapenetpart
+
+    out = write_procedural_shapenetpart(args.out, shapes_per_category=args.shapes_per_category,
+                                        points_per_shape=args.points, seed=args.seed)
+    print(f"wrote {out} (ShapeNetPart normal layout, 16 categories x {args.shapes_per_category} shapes); train on it "
+          f"with: pointgst train shapenetpart.point_mae_tiny --set data.root={out}")

@@ -25,9 +25,10 @@ from pointgst.data.readers import DatasetError
 from pointgst.errors import CheckpointError
 from pointgst.loading import load_adapter, resolve_adapter_dir
 from pointgst.preprocessing import INFERENCE_RECORD, Preprocessing, read_inference_record
+from pointgst.recipe import SEGMENTATION_DATASETS
 from pointgst.training.distributed import Distributed
 from pointgst.training.evaluate import collect_logits
-from pointgst.training.run_files import BEST_STATE, RECIPE, load_run_file, load_trainable_state, read_run_recipe
+from pointgst.training.run_files import RECIPE, load_trainable_state, read_run_recipe, saved_trainable_state
 from pointgst.training.seeds import derived_seed
 from pointgst.training.setup import autocast, build_model
 
@@ -78,12 +79,12 @@ class Predictor:
         come from ``inference.json``, else they are indices (``"class 3"``)."""
         run = Path(path).expanduser()
         if (run / RECIPE).is_file():
-            if not (run / BEST_STATE).is_file():
-                raise FileNotFoundError(f"{run} holds no {BEST_STATE}: no epoch of this run finished; finish the run "
-                                        "(pointgst train ... --resume) or pass another run folder")
             recipe = read_run_recipe(run)
+            if recipe.data.dataset in SEGMENTATION_DATASETS:
+                raise ValueError(f"{run} is a part-segmentation run; pointgst predict classifies whole clouds")
+            state, source = saved_trainable_state(run)
             model = build_model(recipe)
-            load_trainable_state(model, load_run_file(run / BEST_STATE), source=str(run / BEST_STATE))
+            load_trainable_state(model, state, source=str(source))
             record = read_inference_record(run)
             return cls(model, Preprocessing.from_recipe(recipe), record[0] if record else None, device=device)
         folder = resolve_adapter_dir(path)

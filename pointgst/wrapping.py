@@ -17,7 +17,7 @@ from pointgst.tuner.config import TUNER_ATTACHES
 #: options of the tuner itself (pointgst's methods only), beside each method's own options
 TUNER_OPTIONS = ("placement", "bn_stats", "train_cls_tokens", "preset")
 #: options of the backbone, accepted when ``wrap`` builds it from a name
-BACKBONE_OPTIONS = ("num_group", "group_size", "drop_path_rate", "skip_near_origin")
+BACKBONE_OPTIONS = ("num_group", "group_size", "drop_path_rate", "skip_near_origin", "task")
 
 
 def wrap(backbone_or_name: PointBackbone | str, method: str = "pcsa", *, num_classes: int | None = None,
@@ -32,7 +32,8 @@ def wrap(backbone_or_name: PointBackbone | str, method: str = "pcsa", *, num_cla
     num_classes: head size; a backbone whose head differs gets a fresh head.
     options: the method's options (its config's fields, e.g. ``rank=16``), the tuner's (``placement``, ``bn_stats``,
         ``train_cls_tokens``, ``preset="official"``: every official-code behaviour; options given explicitly win
-        over the preset) and, when ``wrap`` builds the backbone from a name, its options (``num_group=128`` ...).
+        over the preset) and, when ``wrap`` builds the backbone from a name, its options (``num_group=128`` ...;
+        ``task="segmentation"``: the backbone's part-segmentation model, see :func:`pointgst.create_backbone`).
 
     Returns a ``peft.PeftModel`` (:class:`~pointgst.tuner.PointPeftModel`), or for ``full`` the backbone itself.
     """

@@ -85,6 +85,9 @@ SMALL = "modelnet40-small.cpu"
 TINY = {"pretrain-modelnet40.point_mae_tiny", "modelnet40.point_mae_tiny", "fewshot-5w10s.point_mae_tiny"}
 #: the four few-shot paper settings (fewshot section: way, shot)
 FEWSHOT = {f"fewshot-{w}w{s}s.point_mae": (w, s) for w, s in ((5, 10), (5, 20), (10, 10), (10, 20))}
+#: part segmentation: the official Point-MAE setting on the Point-MAE-architecture backbones, and pointgst's CPU one
+SEGMENTATION = {f"shapenetpart.{b}" for b in PAPER_BACKBONES if b in ("point_mae", "act", "recon")} | \
+    {"shapenetpart.point_mae_tiny"}
 
 
 def _name(backbone: str, dataset: str) -> str:
@@ -99,8 +102,9 @@ def _yaml_files() -> dict[str, Path]:
 
 
 def test_every_setting_exists():
-    expected = {_name(b, d) for b in PAPER_BACKBONES + POINTGPT_SB for d in DATASETS} | {SMALL} | TINY | set(FEWSHOT)
-    assert len(expected) == 16 + 8 + 1 + 3 + 4
+    expected = {_name(b, d) for b in PAPER_BACKBONES + POINTGPT_SB for d in DATASETS} | {SMALL} | TINY | \
+        set(FEWSHOT) | SEGMENTATION
+    assert len(expected) == 16 + 8 + 1 + 3 + 4 + 4
     assert set(list_recipes()) == expected
     assert list_recipes() == sorted(expected)
     assert set(_yaml_files()) == expected  # no stray file in recipes/
@@ -117,6 +121,29 @@ def test_every_file_spells_out_every_field(name):
     assert isinstance(raw["description"], str) and "\n" not in raw["description"] and raw["description"]
     for section, cls in sections.items():
         assert set(raw[section]) == {f.name for f in fields(cls)}, section
+
+
+@pytest.mark.parametrize("name", sorted(SEGMENTATION - {"shapenetpart.point_mae_tiny"}))
+def test_segmentation_recipes_follow_the_official_point_mae_segmentation_setting(name):
+    """Point-MAE's segmentation/main.py defaults (docs/segmentation.md §3) on a Point-MAE-architecture backbone."""
+    recipe = load_recipe(name)
+    assert recipe.backbone.name == {"shapenetpart.point_mae": "point_mae.pretrain", "shapenetpart.act": "point_mae.act",
+                                    "shapenetpart.recon": "point_mae.recon"}[name]
+    assert (recipe.backbone.num_group, recipe.backbone.group_size, recipe.backbone.drop_path_rate) == (128, 32, 0.1)
+    assert (recipe.data.dataset, recipe.data.num_classes, recipe.data.npoints, recipe.data.augmentation) == \
+        ("shapenetpart", 50, 2048, "scale_shift")
+    t = recipe.train
+    assert (t.epochs, t.warmup_epochs, t.batch_size, t.lr, t.weight_decay, t.grad_clip, t.lr_min) == \
+        (300, 10, 16, 2e-4, 0.05, 10.0, 1e-6)
+    assert recipe.eval.vote == 0 and recipe.train.selection == "val"
+
+
+def test_segmentation_recipe_rules():
+    with pytest.raises(RecipeError, match="val_fraction"):
+        load_recipe("shapenetpart.point_mae", ["data.val_fraction=0.1"])
+    with pytest.raises(RecipeError, match="voting is a classification protocol"):
+        load_recipe("shapenetpart.point_mae", ["eval.vote=10"])
+    assert load_recipe("shapenetpart.point_mae", ["train.selection=last"]).train.selection == "last"
 
 
 @pytest.mark.parametrize("name", sorted(FEWSHOT))
@@ -329,10 +356,11 @@ def test_overrides_must_be_a_sequence_of_strings():
     (["data.val_fraction=0"], ["val_fraction is 0", "train.selection must be 'test' or 'last'"]),
     (["train.selection=last"], ["train.selection=last", "data.val_fraction=0"]),
     (["data.augmentation=rotate"],
-     ["data.augmentation", "'scale_translate', 'rotate_y', 'none'", "did you mean 'rotate_y'"]),
+     ["data.augmentation", "'scale_translate', 'scale_shift', 'rotate_y', 'none'", "did you mean 'rotate_y'"]),
     (["train.schedule=step"], ["train.schedule", "'cosine', 'official'"]),
     (["train.selection=best"], ["train.selection", "'val', 'test', 'last'"]),
-    (["data.dataset=shapenet"], ["data.dataset", "'scanobjectnn', 'modelnet40', 'modelnet10', 'pack', 'folder'"]),
+    (["data.dataset=shapenet"],
+     ["data.dataset", "'scanobjectnn', 'modelnet40', 'modelnet10', 'pack', 'folder', 'shapenetpart'"]),
     (["data.format=h5"], ["data.format", "'npz', 'normal_resampled', 'dat'"]),
     (["data.variant=obj_bg"], ["data.variant", "null for dataset 'modelnet40'"]),
     (["data.dataset=scanobjectnn", "data.variant=hardest", "data.format=h5", "data.num_classes=15"],

@@ -272,7 +272,7 @@ def write_procedural_shapenetpart(root: str | os.PathLike, *, shapes_per_categor
     ``train_test_split/shuffled_{train,val,test}_file_list.json`` (per category of ``n`` shapes, the last
     ``round(0.2 * n)`` are test, the ``round(0.1 * n)`` before them val, the others train). Shape ``i`` of a category
     depends only on ``(seed, category, i)``, whatever ``categories`` (indices, names or synsets; ``None``: all 16)
-    holds. Returns ``root``."""
+    holds. ``root`` must be new or empty. Returns ``root``."""
     for name, value, least in (("shapes_per_category", shapes_per_category, 1),
                                ("points_per_shape", points_per_shape, 32)):
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
@@ -281,6 +281,8 @@ def write_procedural_shapenetpart(root: str | os.PathLike, *, shapes_per_categor
     splits = ["train"] * (shapes_per_category - n_val - n_test) + ["val"] * n_val + ["test"] * n_test
     chosen = sorted({category_index(c) for c in (range(len(_RECIPES)) if categories is None else categories)})
     root = Path(os.path.expanduser(str(root)))
+    if root.exists() and any(root.iterdir()):  # never write over what someone else put there
+        raise DatasetError(f"{root} exists and is not empty; write the procedural dataset into a new folder")
     (root / "train_test_split").mkdir(parents=True, exist_ok=True)
     (root / "synsetoffset2category.txt").write_text(
         "".join(f"{name}\t{synset}\n" for name, synset in zip(SHAPENETPART_CATEGORIES, SHAPENETPART_SYNSETS)))

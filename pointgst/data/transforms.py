@@ -27,6 +27,7 @@ __all__ = [
     "AUGMENTATIONS",
     "OFFICIAL_POINT_ALL",
     "official_point_all",
+    "scale_and_shift",
     "scale_and_translate",
     "rotate_up",
     "random_subset",
@@ -67,6 +68,17 @@ def scale_and_translate(points: Tensor, generator: torch.Generator | None = None
     batch = points.shape[0]
     s = _uniform((batch, 1, 3), scale[0], scale[1], generator, points)
     t = _uniform((batch, 1, 3), -translate, translate, generator, points)
+    return points * s + t
+
+
+def scale_and_shift(points: Tensor, generator: torch.Generator | None = None,
+                    scale: tuple[float, float] = (0.8, 1.25), shift: float = 0.1) -> Tensor:
+    """The official part-segmentation augmentation: ``p * s + t`` per sample, one ``s ~ U(scale)`` for the three axes
+    (isotropic), ``t ~ U(-shift, shift)^3``. ``(B, N, 3) -> (B, N, 3)``."""
+    _check_xyz(points, "points", "(B, N, 3)")
+    batch = points.shape[0]
+    s = _uniform((batch, 1, 1), scale[0], scale[1], generator, points)
+    t = _uniform((batch, 1, 3), -shift, shift, generator, points)
     return points * s + t
 
 
@@ -138,14 +150,17 @@ def normalize_unit_sphere(points: Tensor) -> Tensor:
     return centred / radius[:, None, None]
 
 
-AUGMENTATIONS = ("scale_translate", "rotate_y", "none")
+AUGMENTATIONS = ("scale_translate", "scale_shift", "rotate_y", "none")
 
 
 def augment(points: Tensor, name: str, generator: torch.Generator | None = None) -> Tensor:
     """Training augmentation by name: ``scale_translate`` (:func:`scale_and_translate`; Point-MAE, PointGPT, all
-    ModelNet recipes), ``rotate_y`` (:func:`rotate_up` about y; ACT/ReCon on ScanObjectNN) or ``none``."""
+    ModelNet recipes), ``scale_shift`` (:func:`scale_and_shift`; part segmentation), ``rotate_y`` (:func:`rotate_up`
+    about y; ACT/ReCon on ScanObjectNN) or ``none``."""
     if name == "scale_translate":
         return scale_and_translate(points, generator)
+    if name == "scale_shift":
+        return scale_and_shift(points, generator)
     if name == "rotate_y":
         return rotate_up(points, generator, axis=1)
     if name == "none":

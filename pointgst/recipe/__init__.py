@@ -22,6 +22,7 @@ from pointgst.recipe.schema import (
                                     PRETRAIN_METHOD,
                                     SCANOBJECTNN_VARIANTS,
                                     SCHEDULES,
+                                    SEGMENTATION_DATASETS,
                                     SELECTIONS,
                                     BackboneSpec,
                                     DataSpec,
@@ -35,5 +36,5 @@ from pointgst.recipe.schema import (
 )
 
 __all__ = ["AUGMENTATIONS", "DATASET_CLASSES", "DATASET_FORMATS", "PRETRAIN_METHOD", "SCANOBJECTNN_VARIANTS",
-           "SCHEDULES", "SELECTIONS", "BackboneSpec", "DataSpec", "EvalSpec", "FewShotSpec", "MethodSpec", "Recipe", "RecipeError",
+           "SCHEDULES", "SEGMENTATION_DATASETS", "SELECTIONS", "BackboneSpec", "DataSpec", "EvalSpec", "FewShotSpec", "MethodSpec", "Recipe", "RecipeError",
            "TrainSpec", "list_recipes", "load_recipe", "parse_folds"]

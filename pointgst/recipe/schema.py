@@ -35,12 +35,15 @@ from pointgst.recipe.validation import (
     _validated,
 )
 
-DATASET_CLASSES = {"scanobjectnn": 15, "modelnet40": 40, "modelnet10": 10, "pack": None, "folder": None}
+DATASET_CLASSES = {"scanobjectnn": 15, "modelnet40": 40, "modelnet10": 10, "pack": None, "folder": None,
+                   "shapenetpart": 50}
+#: datasets of per-point labels (part segmentation); ``num_classes`` counts parts
+SEGMENTATION_DATASETS = ("shapenetpart",)
 SCANOBJECTNN_VARIANTS = ("obj_bg", "obj_only", "pb_t50_rs")
 _MODELNET_FORMATS = ("npz", "normal_resampled", "dat")
 DATASET_FORMATS = {"scanobjectnn": ("h5",), "modelnet40": _MODELNET_FORMATS, "modelnet10": _MODELNET_FORMATS,
-                   "pack": ("npz",), "folder": (None,)}
-AUGMENTATIONS = ("scale_translate", "rotate_y", "none")
+                   "pack": ("npz",), "folder": (None,), "shapenetpart": (None,)}
+AUGMENTATIONS = ("scale_translate", "scale_shift", "rotate_y", "none")
 SCHEDULES = ("cosine", "official")
 SELECTIONS = ("val", "test", "last")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -99,11 +102,13 @@ class DataSpec:
     section: ClassVar[str] = "data"
     dataset: Literal[tuple(DATASET_CLASSES)] = Field("modelnet40", description=(
         "dataset family; `pack`: an .npz pack (train.npz, test.npz, shape_names.txt) with any classes, e.g. a few-shot "
-        "episode written by `pointgst fewshot`"))
+        "episode written by `pointgst fewshot`; `shapenetpart`: part segmentation (its layout is detected; "
+        "num_classes counts the 50 parts; its official val list is the validation split, so val_fraction is 0)"))
     variant: str | None = Field(None, description=(
         f"ScanObjectNN variant ({', '.join(SCANOBJECTNN_VARIANTS)}); null for the other datasets"))
     format: str | None = Field("normal_resampled", description=(
-        "file format: `npz` / `normal_resampled` / `dat` (ModelNet), `npz` (pack), `h5` (ScanObjectNN), null (folder)"))
+        "file format: `npz` / `normal_resampled` / `dat` (ModelNet), `npz` (pack), `h5` (ScanObjectNN), null (folder, "
+        "shapenetpart: detected)"))
     root: str = Field("data/ModelNet/modelnet40_normal_resampled", description=(
         "data folder; a relative path is relative to the current directory"))
     num_classes: int = Field(40, ge=1, description="classes; fixed by the dataset except for `folder`")
@@ -144,6 +149,9 @@ class DataSpec:
             _require(self.num_classes == expected, "num_classes", self.num_classes,
                      f"{expected} for dataset {self.dataset!r}")
         _require(self.point_all >= self.npoints, "point_all", self.point_all, f">= data.npoints ({self.npoints})")
+        if self.dataset in SEGMENTATION_DATASETS:
+            _require(self.val_fraction == 0.0, "val_fraction", self.val_fraction,
+                     f"0 for dataset {self.dataset!r} (its official val list is the validation split)")
         return self
 
 
@@ -257,14 +265,19 @@ class Recipe:
 
     @model_validator(mode="after")
     def _consistent(self) -> "Recipe":
-        if self.data.val_fraction == 0.0 and self.train.selection == "val":
+        own_val = self.data.dataset in SEGMENTATION_DATASETS  # ShapeNetPart has an official val list
+        if self.data.val_fraction == 0.0 and self.train.selection == "val" and not own_val:
             raise _Broken(None, "data.val_fraction is 0 (no validation split), so train.selection must be 'test' or "
                                 "'last', got 'val'; hold out a validation split (e.g. data.val_fraction=0.1), select "
-                                "on the test split (train.selection=test) or keep the last epoch (train.selection=last)")
+                                "on the test split (train.selection=test) or keep the last epoch "
+                                "(train.selection=last)")
         if self.data.val_fraction > 0.0 and self.train.selection == "last":
             raise _Broken(None, f"train.selection=last selects nothing, so the validation split (data.val_fraction="
                                 f"{self.data.val_fraction:g}) would be held out of training for nothing; set "
                                 "data.val_fraction=0 to train on the whole training split")
+        if own_val and self.eval.vote:
+            raise _Broken(None, f"eval.vote is {self.eval.vote}, but voting is a classification protocol and dataset "
+                                f"{self.data.dataset!r} is part segmentation; set eval.vote=0")
         for name in ("num_group", "group_size"):
             value = getattr(self.backbone, name)
             _require(value <= self.data.npoints, f"backbone.{name}", value, f"<= data.npoints ({self.data.npoints})")

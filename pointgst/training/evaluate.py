@@ -3,7 +3,7 @@
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -13,23 +13,38 @@ from torch.utils.data import DataLoader
 
 from pointgst.atomic import write_text_atomic
 from pointgst.data.transforms import augment, fps_resample, random_subset
-from pointgst.recipe import Recipe
+from pointgst.recipe import SEGMENTATION_DATASETS, Recipe
 
 from .data import build_test_split, make_loader
 from .distributed import Distributed, setup_distributed, teardown_distributed
-from .run_files import BEST_STATE, load_run_file, load_trainable_state, read_run_recipe
+from .run_files import load_trainable_state, read_run_recipe, saved_trainable_state
 from .seeds import derived_seed
 from .setup import autocast, build_model
 
 
 @dataclass
 class Scores:
-    """Overall accuracy, mean class accuracy (fractions) and mean cross-entropy over a split."""
+    """Overall accuracy, mean class accuracy (fractions) and mean cross-entropy over a split.
+
+    What the training loop reads of a split's scores (the part-segmentation scores offer the same):
+    :meth:`metrics` (logged per epoch as ``select_<name>``, summarised as ``test_<name>``), ``selected_by`` (the
+    metric that picks the saved epoch) and :meth:`details` (extra summary entries)."""
 
     acc: float
     macc: float
     loss: float
     count: int
+    selected_by: ClassVar[str] = "acc"
+
+    def metrics(self) -> dict[str, float]:
+        return {"acc": self.acc, "macc": self.macc, "loss": self.loss}
+
+    @property
+    def selected(self) -> float:
+        return self.metrics()[self.selected_by]
+
+    def details(self) -> dict[str, Any]:
+        return {}
 
 
 def scores_from(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Scores:
@@ -122,13 +137,16 @@ def evaluate_run(run_dir: str | Path, *, vote: int | None = None, repeats: int |
     for name, value in (("vote", vote), ("repeats", repeats)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    if not (run_dir / BEST_STATE).is_file():
-        raise FileNotFoundError(f"{run_dir} holds no {BEST_STATE}: not a pointgst run folder, or no epoch finished")
     recipe = read_run_recipe(run_dir)
-    best = load_run_file(run_dir / BEST_STATE)
+    if recipe.data.dataset in SEGMENTATION_DATASETS:
+        if vote or best_of:
+            raise ValueError("voting is a classification protocol; evaluate a segmentation run without --vote")
+        from .segmentation import evaluate_part_run  # it builds on the training loop, which imports this module
+        return evaluate_part_run(run_dir, device=device)
+    best, source = saved_trainable_state(run_dir)
     dist = setup_distributed(device)
     model = build_model(recipe).to(dist.device)
-    load_trainable_state(model, best, source=str(run_dir / BEST_STATE))
+    load_trainable_state(model, best, source=str(source))
     loader = make_loader(build_test_split(recipe), recipe, dist, train=False)
     scores = split_scores(model, loader, recipe, dist)
     result = {"run": str(run_dir), "test_acc": scores.acc, "test_macc": scores.macc, "count": scores.count}

@@ -19,9 +19,9 @@ CHECKPOINT = "checkpoint-last.pt"
 BEST_STATE = "best-trainable.pt"
 METRICS_JSONL, METRICS_CSV, CURVES_PNG, SUMMARY = "metrics.jsonl", "metrics.csv", "curves.png", "summary.json"
 RECIPE = "recipe.yaml"
-__all__ = ["BEST_STATE", "CHECKPOINT", "CURVES_PNG", "METRICS_CSV", "METRICS_JSONL", "CurvePlotter", "MetricsLog", "RECIPE",
-           "SUMMARY", "load_run_file", "load_trainable_state", "plot_curves", "read_run_recipe", "save_atomic",
-           "trainable_state", "write_text_atomic"]
+__all__ = ["BEST_STATE", "CHECKPOINT", "CURVES_PNG", "METRICS_CSV", "METRICS_JSONL", "CurvePlotter", "MetricsLog",
+           "RECIPE", "SUMMARY", "load_run_file", "load_trainable_state", "plot_curves", "read_run_recipe",
+           "save_atomic", "saved_trainable_state", "trainable_state", "write_text_atomic"]
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -47,6 +47,17 @@ def read_run_recipe(run_dir: Path) -> Recipe:
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} holds no {RECIPE}: not a pointgst run folder")
     return load_recipe(path)
+
+
+def saved_trainable_state(run_dir: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The trainable state of a run's saved epoch and the file it comes from: ``best-trainable.pt``, or with
+    ``train.selection: last`` (nothing selected) the last checkpoint's."""
+    if (run_dir / BEST_STATE).is_file():
+        return load_run_file(run_dir / BEST_STATE), run_dir / BEST_STATE
+    if (run_dir / CHECKPOINT).is_file() and read_run_recipe(run_dir).train.selection == "last":
+        return load_run_file(run_dir / CHECKPOINT)["trainable"], run_dir / CHECKPOINT
+    raise FileNotFoundError(f"{run_dir} holds no {BEST_STATE}: not a pointgst run folder, or no epoch finished; "
+                            "finish the run (pointgst train ... --resume) or pass another run folder")
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from pointgst.backbones.factory import parse_name
-from pointgst.recipe import PRETRAIN_METHOD, Recipe, RecipeError
+from pointgst.recipe import PRETRAIN_METHOD, SEGMENTATION_DATASETS, Recipe, RecipeError
 from pointgst.wrapping import check_options, wrap
 
 
@@ -32,8 +32,11 @@ def check_data_root(recipe: Recipe) -> None:
 
 
 def backbone_options(recipe: Recipe) -> dict[str, Any]:
-    """The backbone's grouping and (where the recipe sets it) stochastic depth."""
+    """The backbone's grouping, (where the recipe sets it) stochastic depth, and its task (a segmentation dataset
+    builds the backbone's part-segmentation model)."""
     options: dict[str, Any] = {"num_group": recipe.backbone.num_group, "group_size": recipe.backbone.group_size}
+    if recipe.data.dataset in SEGMENTATION_DATASETS:
+        options["task"] = "segmentation"
     if recipe.backbone.drop_path_rate is not None:
         options["drop_path_rate"] = recipe.backbone.drop_path_rate
     return options

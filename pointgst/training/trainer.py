@@ -131,14 +131,14 @@ class Trainer:
             selecting = "select" in self.loaders  # not with train.selection=last
             if selecting:
                 select = self._scores("select")
-                row.update(select_split=selection_split(self.recipe), select_acc=select.acc, select_macc=select.macc,
-                           select_loss=select.loss)
+                row.update(select_split=selection_split(self.recipe),
+                           **{f"select_{name}": value for name, value in select.metrics().items()})
             row["epoch_seconds"] = seconds
             if self.schedule_per == "epoch":
                 self.scheduler.step()
-            improved = selecting and (self.best is None or select.acc > self.best["acc"])
+            improved = selecting and (self.best is None or select.selected > self.best[select.selected_by])
             if improved:
-                self.best = {"epoch": epoch, "acc": select.acc, "macc": select.macc}
+                self.best = {"epoch": epoch, **{k: v for k, v in select.metrics().items() if k != "loss"}}
             elif not selecting:
                 self.best = {"epoch": epoch}
             if self.dist.is_main:
@@ -261,8 +261,9 @@ class Trainer:
         summary = {
             "recipe": self.recipe.name, "selection": split or "last",
             "best_epoch": self.best["epoch"],
-            "test_acc": best_test.acc, "test_macc": best_test.macc,
-            "test_acc_last_epoch": last_test.acc, "test_macc_last_epoch": last_test.macc,
+            **{f"test_{name}": value for name, value in best_test.metrics().items() if name != "loss"},
+            **{f"test_{name}_last_epoch": value for name, value in last_test.metrics().items() if name != "loss"},
+            **{f"test_{name}": value for name, value in best_test.details().items()},
             "note": {"test": "model selected on the TEST split (official protocol): test accuracy is optimistic",
                      "val": "model selected on a validation split held out from the training data",
                      None: "no model selection: the last epoch's model"}[split],
@@ -300,7 +301,3 @@ def peak_memory_mb(device: torch.device) -> float:
                 return int(line.split()[1]) / 1024  # KiB
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
-
-def train(recipe: Recipe, run_dir: str | Path, **options: Any) -> dict[str, Any]:
-    """Train ``recipe`` into ``run_dir``; returns the summary."""
-    return Trainer(recipe, run_dir, **options).fit()
