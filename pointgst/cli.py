@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("name", help="architecture or pretrained tag, e.g. point_mae.pretrain")
     params.add_argument("--method", default="pcsa",
                         help="tuning method, a comma-separated list, or 'all' to compare every method")
-    params.add_argument("--num-classes", type=int, default=40, help="head size (default: 40)")
+    params.add_argument("--num-classes", type=int, help="head size (default: 40 classes, or 50 parts)")
+    params.add_argument("--task", choices=["classification", "segmentation"], default="classification",
+                        help="segmentation: the backbone's part-segmentation model (the head shown separately)")
     params.add_argument("--preset", choices=["official"], help="configuration preset")
     params.add_argument("--placement", choices=["ffn", "ffn+attn"], help="where adapters go")
     params.set_defaults(run=params_command)

@@ -20,22 +20,32 @@ def params_command(args: argparse.Namespace) -> None:
     import torch
 
     import pointgst
-    from pointgst.adapters import list_methods
-    from pointgst.backbones.factory import ARCHITECTURES, parse_name
+    from pointgst.adapters import HEAD, METHODS, list_methods
+    from pointgst.backbones.factory import (
+        ARCHITECTURES,
+        DEFAULT_NUM_CLASSES,
+        DEFAULT_NUM_PARTS,
+        parse_name,
+        task_architecture,
+    )
 
-    arch, _ = parse_name(args.name)
+    arch = task_architecture(parse_name(args.name)[0], args.task)
+    num_classes = args.num_classes or (DEFAULT_NUM_PARTS if args.task == "segmentation" else DEFAULT_NUM_CLASSES)
     methods = list_methods() if args.method == "all" else args.method.split(",")
+    if args.method == "all" and args.task == "segmentation":  # a head method replaces a classification head
+        methods = [m for m in methods if all(spec.attaches != HEAD for spec in METHODS.parts(m))]
     options = {k: v for k, v in (("preset", args.preset), ("placement", args.placement)) if v}
     reports = []
     for method in methods:
         with torch.device("meta"):  # counts need no memory and no weights
-            backbone = ARCHITECTURES[arch](num_classes=args.num_classes)
+            backbone = ARCHITECTURES[arch](num_classes=num_classes)
             model = pointgst.wrap(backbone, method=method, **(options if method not in ("lora", "full") else {}))
         reports.append(pointgst.parameter_report(model))
     if len(reports) == 1:
         print(reports[0])
         return
-    print(f"{arch}, {args.num_classes} classes: trainable parameters by method")
+    print(f"{arch}, {num_classes} {'parts' if args.task == 'segmentation' else 'classes'}: trainable parameters by "
+          "method")
     for report in reports:
         paper = f"   paper: {report.paper_figure}" if report.paper_figure else ""
         print(f"  {report.method:<18} {report.trainable:>12,}  {100 * report.ratio:6.2f}%{paper}")

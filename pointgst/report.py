@@ -62,6 +62,8 @@ def parameter_report(model: nn.Module) -> ParameterReport:
     for name, param in model.named_parameters():
         if param.requires_grad:
             part = part_of(name)
+            if getattr(backbone, "task", "") == "segmentation" and part in backbone.head_modules:
+                part = "segmentation head"
             breakdown[part] = breakdown.get(part, 0) + param.numel()
     total = sum(p.numel() for name, p in backbone.named_parameters() if not is_backbone_copy(name))
     return ParameterReport(architecture=getattr(backbone, "architecture", type(backbone).__name__), method=method,

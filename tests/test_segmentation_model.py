@@ -190,3 +190,17 @@ def test_three_nn_interpolation_is_exact_at_a_centre_and_weights_sum_to_one():
     assert torch.allclose(at_centre, features[:, 1:2], atol=1e-6)
     constant = three_nn_interpolate(torch.rand(1, 5, 3), centers, torch.ones(1, 4, 2))
     assert torch.allclose(constant, torch.ones(1, 5, 2), atol=1e-6)
+
+
+def test_params_show_the_segmentation_head_separately(capsys):
+    from .cli_runs import run_cli_here
+
+    code, printed, err = run_cli_here(["params", "point_mae", "--task", "segmentation"], capsys)
+    assert code == 0, err
+    # PCSA: 12 blocks x 29,544 (down 13,860, up 14,208, adapt1 1,332, two LayerNorms 144) = 354,528
+    assert "point_mae_seg + pcsa" in printed and "5,593,234" in printed
+    assert "segmentation head          5,238,706" in printed and "adapters on ffn_branch       354,528" in printed
+    code, printed, err = run_cli_here(["params", "point_mae", "--task", "segmentation", "--method", "all"], capsys)
+    assert code == 0, err
+    assert "deepla_head" not in printed and "linear                5,238,706" in printed
+    assert "full                 27,063,730  100.00%" in printed
