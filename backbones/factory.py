@@ -22,6 +22,7 @@ from .checkpoint import (
 )
 from .point_mae import PointMAE, PointMAETiny
 from .pointgpt import SIZES, PointGPT
+from .pointgpt_segmentation import PointGPTSegmentation
 from .pretrained import PRETRAINED_CFGS, PretrainedCfg, hub_snapshot, resolve_pretrained_file
 from .segmentation import PointMAESegmentation, PointMAETinySegmentation
 from .torch_pointcloud import convert_torch_pointcloud_state_dict, looks_like_torch_pointcloud
@@ -34,9 +35,11 @@ ARCHITECTURES: dict[str, Callable[..., PointBackbone]] = {
     **{size: partial(PointGPT, size) for size in SIZES},
     "point_mae_seg": PointMAESegmentation,
     "point_mae_tiny_seg": PointMAETinySegmentation,
+    **{f"{size}_seg": partial(PointGPTSegmentation, size) for size in SIZES},
 }
 #: the part-segmentation architecture of each backbone architecture (it loads that backbone's weights)
-SEGMENTATION_ARCHITECTURES = {"point_mae": "point_mae_seg", "point_mae_tiny": "point_mae_tiny_seg"}
+SEGMENTATION_ARCHITECTURES = {"point_mae": "point_mae_seg", "point_mae_tiny": "point_mae_tiny_seg",
+                              **{size: f"{size}_seg" for size in SIZES}}
 TASKS = ("classification", "segmentation")
 DEFAULT_NUM_CLASSES = 40
 DEFAULT_NUM_PARTS = 50  # ShapeNetPart
@@ -121,10 +124,7 @@ def task_architecture(arch: str, task: str) -> str:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     if task == "classification" or arch in SEGMENTATION_ARCHITECTURES.values():
         return arch
-    if arch not in SEGMENTATION_ARCHITECTURES:
-        raise UnknownNameError(f"{arch} has no part-segmentation model yet; segmentation backbones: "
-                               f"{', '.join(SEGMENTATION_ARCHITECTURES)}")
-    return SEGMENTATION_ARCHITECTURES[arch]
+    return SEGMENTATION_ARCHITECTURES[arch]  # every backbone architecture has one
 
 
 def _local_or_hub(pretrained: str | os.PathLike) -> Path:
@@ -145,7 +145,9 @@ def load_weights(model: PointBackbone, source: str | os.PathLike, *, strict: boo
     if path.is_dir():
         _check_folder_architecture(path, model, folder_config(path) if config is None else config)
     file = weights_file(path)
-    state = read_official_state(file, model.architecture)
+    family = {seg: arch for arch, seg in SEGMENTATION_ARCHITECTURES.items()}.get(model.architecture,
+                                                                               model.architecture)
+    state = read_official_state(file, family)  # a hub-layout file is converted by its backbone family
     return fit_state_dict(model, state, strict=strict, source=str(file))
 
 

@@ -19,6 +19,7 @@ _LAZY = {
     "parameter_report": "pointgst.report",
     "TokenGeometry": "pointgst.geometry",
     "Predictor": "pointgst.predict",
+    "PartPredictor": "pointgst.predict_parts",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -135,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     predict.add_argument("--points", type=_positive, default=8192,
                          help="points sampled on the surface of a mesh (default 8192)")
+    predict.add_argument("--category", help="part segmentation: the shapes' ShapeNetPart category (name, index or "
+                                            "synset)")
+    predict.add_argument("--out-dir", default="predicted_parts",
+                         help="part segmentation: where <file>.parts.ply (points coloured by part) go "
+                              "(default predicted_parts)")
     predict.set_defaults(run=predict_command)
 
     recipes = commands.add_parser("recipes", help="list the recipes")

@@ -4,6 +4,7 @@ handler imports the library module it needs when it runs, so ``pointgst --help``
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def convert_command(args: argparse.Namespace) -> None:
@@ -20,7 +21,7 @@ def params_command(args: argparse.Namespace) -> None:
     import torch
 
     import pointgst
-    from pointgst.adapters import HEAD, METHODS, list_methods
+    from pointgst.adapters import list_methods
     from pointgst.backbones.factory import (
         ARCHITECTURES,
         DEFAULT_NUM_CLASSES,
@@ -32,8 +33,6 @@ def params_command(args: argparse.Namespace) -> None:
     arch = task_architecture(parse_name(args.name)[0], args.task)
     num_classes = args.num_classes or (DEFAULT_NUM_PARTS if args.task == "segmentation" else DEFAULT_NUM_CLASSES)
     methods = list_methods() if args.method == "all" else args.method.split(",")
-    if args.method == "all" and args.task == "segmentation":  # a head method replaces a classification head
-        methods = [m for m in methods if all(spec.attaches != HEAD for spec in METHODS.parts(m))]
     options = {k: v for k, v in (("preset", args.preset), ("placement", args.placement)) if v}
     reports = []
     for method in methods:
@@ -166,6 +165,9 @@ def predict_command(args: argparse.Namespace) -> None:
     from pointgst.predict import Predictor, render_predictions
 
     logging.getLogger("pointgst").setLevel(logging.WARNING)  # stderr: one line per bad file, no weight-loading report
+    if _is_segmentation_run(args.model):
+        _predict_parts(args)
+        return
     predictor = Predictor.from_path(args.model, device=args.device)
     predictions = predictor.predict(args.paths, top_k=args.top_k, vote=args.vote, batch_size=args.batch_size,
                                     num_surface_points=args.points)
@@ -174,6 +176,30 @@ def predict_command(args: argparse.Namespace) -> None:
     if not any(p.ok for p in predictions):
         raise ValueError(f"none of the {len(predictions)} inputs could be classified (see the errors above)")
     print(render_predictions(predictions, args.format))
+
+
+def _is_segmentation_run(path: str) -> bool:
+    from pointgst.recipe import SEGMENTATION_DATASETS
+    from pointgst.training.run_files import RECIPE, read_run_recipe
+
+    run = Path(path).expanduser()
+    return (run / RECIPE).is_file() and read_run_recipe(run).data.dataset in SEGMENTATION_DATASETS
+
+
+def _predict_parts(args: argparse.Namespace) -> None:
+    from pointgst.predict_parts import PartPredictor, render_part_predictions
+
+    if args.category is None:
+        raise ValueError(f"{args.model} segments parts, which needs the shapes' category: pass --category NAME "
+                         "(e.g. --category Chair; a ShapeNetPart category name, index or synset)")
+    predictor = PartPredictor.from_run(args.model, device=args.device)
+    predictions = predictor.predict(args.paths, category=args.category, out_dir=args.out_dir,
+                                    num_surface_points=args.points)
+    for failed in (p for p in predictions if not p.ok):
+        print(f"pointgst predict: error: {failed.error}", file=sys.stderr)
+    if not any(p.ok for p in predictions):
+        raise ValueError(f"none of the {len(predictions)} inputs could be labelled (see the errors above)")
+    print(render_part_predictions(predictions))
 
 
 def recipes_command(args: argparse.Namespace) -> None:

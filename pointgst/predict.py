@@ -32,7 +32,7 @@ from pointgst.training.run_files import RECIPE, load_trainable_state, read_run_r
 from pointgst.training.seeds import derived_seed
 from pointgst.training.setup import autocast, build_model
 
-__all__ = ["FORMATS", "Prediction", "Predictor", "render_predictions"]
+__all__ = ["FORMATS", "Prediction", "Predictor", "expand_inputs", "render_predictions"]
 
 #: output formats of :func:`render_predictions`
 FORMATS = ("table", "json", "csv")
@@ -113,7 +113,7 @@ class Predictor:
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
         results, clouds = [], []
-        for source, item in _expand(inputs):
+        for source, item in expand_inputs(inputs):
             try:
                 if isinstance(item, DatasetError):
                     raise item
@@ -160,7 +160,7 @@ class Predictor:
         return logits[torch.argsort(torch.tensor(order))]
 
 
-def _expand(inputs: Sequence[str | os.PathLike | np.ndarray | torch.Tensor]
+def expand_inputs(inputs: Sequence[str | os.PathLike | np.ndarray | torch.Tensor]
             ) -> Iterator[tuple[str, Path | np.ndarray | torch.Tensor | DatasetError]]:
     """``(source, item)`` per cloud: a path, the files of a folder, an array; a :class:`DatasetError` item for a
     folder without cloud files."""

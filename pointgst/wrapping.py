@@ -17,7 +17,7 @@ from pointgst.tuner.config import TUNER_ATTACHES
 #: options of the tuner itself (pointgst's methods only), beside each method's own options
 TUNER_OPTIONS = ("placement", "bn_stats", "train_cls_tokens", "preset")
 #: options of the backbone, accepted when ``wrap`` builds it from a name
-BACKBONE_OPTIONS = ("num_group", "group_size", "drop_path_rate", "skip_near_origin", "task")
+BACKBONE_OPTIONS = ("num_group", "group_size", "drop_path_rate", "skip_near_origin", "task", "fetch_layers")
 
 
 def wrap(backbone_or_name: PointBackbone | str, method: str = "pcsa", *, num_classes: int | None = None,

@@ -86,8 +86,7 @@ TINY = {"pretrain-modelnet40.point_mae_tiny", "modelnet40.point_mae_tiny", "fews
 #: the four few-shot paper settings (fewshot section: way, shot)
 FEWSHOT = {f"fewshot-{w}w{s}s.point_mae": (w, s) for w, s in ((5, 10), (5, 20), (10, 10), (10, 20))}
 #: part segmentation: the official Point-MAE setting on the Point-MAE-architecture backbones, and pointgst's CPU one
-SEGMENTATION = {f"shapenetpart.{b}" for b in PAPER_BACKBONES if b in ("point_mae", "act", "recon")} | \
-    {"shapenetpart.point_mae_tiny"}
+SEGMENTATION = {f"shapenetpart.{b}" for b in PAPER_BACKBONES + POINTGPT_SB} | {"shapenetpart.point_mae_tiny"}
 
 
 def _name(backbone: str, dataset: str) -> str:
@@ -104,7 +103,7 @@ def _yaml_files() -> dict[str, Path]:
 def test_every_setting_exists():
     expected = {_name(b, d) for b in PAPER_BACKBONES + POINTGPT_SB for d in DATASETS} | {SMALL} | TINY | \
         set(FEWSHOT) | SEGMENTATION
-    assert len(expected) == 16 + 8 + 1 + 3 + 4 + 4
+    assert len(expected) == 16 + 8 + 1 + 3 + 4 + 7
     assert set(list_recipes()) == expected
     assert list_recipes() == sorted(expected)
     assert set(_yaml_files()) == expected  # no stray file in recipes/
@@ -124,17 +123,20 @@ def test_every_file_spells_out_every_field(name):
 
 
 @pytest.mark.parametrize("name", sorted(SEGMENTATION - {"shapenetpart.point_mae_tiny"}))
-def test_segmentation_recipes_follow_the_official_point_mae_segmentation_setting(name):
-    """Point-MAE's segmentation/main.py defaults (docs/segmentation.md §3) on a Point-MAE-architecture backbone."""
+def test_segmentation_recipes_follow_the_official_segmentation_settings(name):
+    """The official segmentation scripts' defaults (docs/segmentation.md §3, §6)."""
     recipe = load_recipe(name)
-    assert recipe.backbone.name == {"shapenetpart.point_mae": "point_mae.pretrain", "shapenetpart.act": "point_mae.act",
-                                    "shapenetpart.recon": "point_mae.recon"}[name]
+    tags = {"point_mae": "point_mae.pretrain", "act": "point_mae.act", "recon": "point_mae.recon",
+            **{size: f"{size}.pretrain" for size in (*POINTGPT_SB, "pointgpt_l")}}
+    assert recipe.backbone.name == tags[name.removeprefix("shapenetpart.")]
     assert (recipe.backbone.num_group, recipe.backbone.group_size, recipe.backbone.drop_path_rate) == (128, 32, 0.1)
     assert (recipe.data.dataset, recipe.data.num_classes, recipe.data.npoints, recipe.data.augmentation) == \
         ("shapenetpart", 50, 2048, "scale_shift")
     t = recipe.train
+    # Point-MAE's segmentation/main.py: batch 16, 10 warmup epochs; PointGPT's: batch 32, 30 warmup epochs
+    batch, warmup = (32, 30) if name.startswith("shapenetpart.pointgpt") else (16, 10)
     assert (t.epochs, t.warmup_epochs, t.batch_size, t.lr, t.weight_decay, t.grad_clip, t.lr_min) == \
-        (300, 10, 16, 2e-4, 0.05, 10.0, 1e-6)
+        (300, warmup, batch, 2e-4, 0.05, 10.0, 1e-6)
     assert recipe.eval.vote == 0 and recipe.train.selection == "val"
 
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pointgst
+from pointgst.backbones import factory
 from pointgst.backbones.segmentation import PointMAESegmentation, default_fetch_layers, three_nn_interpolate
 from pointgst.errors import CheckpointError
 from pointgst.ops import farthest_point_sample, gather_points, knn_indices
@@ -170,8 +171,9 @@ def test_a_foreign_checkpoint_is_refused_with_a_clear_line(tmp_path):
     torch.save({"base_model": pointgst.create_backbone("pointgpt_s").state_dict()}, tmp_path / "gpt.pth")
     with pytest.raises(CheckpointError, match="does not (fit|match) point_mae_seg"):
         pointgst.create_backbone("point_mae_seg", pretrained=tmp_path / "gpt.pth")
-    with pytest.raises(pointgst.errors.UnknownNameError, match="no part-segmentation model"):
-        pointgst.create_backbone("pointgpt_s", task="segmentation")
+    with pytest.raises(ValueError, match="task must be one of classification, segmentation"):
+        pointgst.create_backbone("pointgpt_s", task="detection")
+    assert set(factory.SEGMENTATION_ARCHITECTURES) == {a for a in factory.ARCHITECTURES if not a.endswith("_seg")}
 
 
 def test_bad_categories_get_one_clear_line():
@@ -202,5 +204,5 @@ def test_params_show_the_segmentation_head_separately(capsys):
     assert "segmentation head          5,238,706" in printed and "adapters on ffn_branch       354,528" in printed
     code, printed, err = run_cli_here(["params", "point_mae", "--task", "segmentation", "--method", "all"], capsys)
     assert code == 0, err
-    assert "deepla_head" not in printed and "linear                5,238,706" in printed
+    assert "deepla_head             620,610" in printed and "linear                5,238,706" in printed
     assert "full                 27,063,730  100.00%" in printed

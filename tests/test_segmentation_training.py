@@ -3,8 +3,11 @@ part-labelled dataset that a short CPU run learns far above chance, and resume a
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,6 +75,35 @@ def test_a_short_cpu_run_learns_procedural_parts_far_above_chance(tmp_path):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train_loss"] < rows[0]["first_step_loss"]
     assert all("select_instance_miou" in row and "select_class_miou" in row for row in rows)
+    check_predict_writes_part_labels(tmp_path, run, root, summary["test_acc"])
+
+
+def check_predict_writes_part_labels(tmp_path: Path, run: Path, root: Path, test_acc: float) -> None:
+    """``pointgst predict`` on the run labels every point of Chair test shapes written as binary PLY files by plyfile
+    (not pointgst), about as accurately as the run's test accuracy, into coloured PLY files."""
+    from plyfile import PlyData, PlyElement
+
+    test = ShapeNetPart(root, "test", npoints=512)
+    chairs = [i for i in range(len(test)) if test.class_names[test.categories[i]] == "Chair"]
+    inputs, truth = tmp_path / "chairs", {}
+    inputs.mkdir()
+    for i in chairs:
+        points, parts = test.cloud(i)
+        rows = np.array([tuple(p) for p in points.numpy()], dtype=[("x", "f4"), ("y", "f4"), ("z", "f4")])
+        PlyData([PlyElement.describe(rows, "vertex")], text=False).write(str(inputs / f"chair{i}.ply"))
+        truth[f"chair{i}"] = parts.numpy()
+    out = tmp_path / "labelled"
+    done = subprocess.run([sys.executable, "-m", "pointgst.cli", "predict", str(run), str(inputs), "--category", "Chair",
+                           "--out-dir", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout
+    correct = total = 0
+    for stem, parts in truth.items():
+        labelled = PlyData.read(str(out / f"{stem}.parts.ply"))["vertex"]
+        assert len(labelled["part"]) == len(parts) and set(labelled["part"]) <= {12, 13, 14, 15}
+        assert {"red", "green", "blue"} <= set(labelled.data.dtype.names) and stem in printed
+        correct, total = correct + int((labelled["part"] == parts).sum()), total + len(parts)
+    assert correct / total >= test_acc - 0.15, (correct / total, test_acc)
 
 
 def test_a_killed_segmentation_run_resumes_to_the_same_weights(tmp_path):

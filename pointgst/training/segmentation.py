@@ -139,6 +139,7 @@ class SegmentationTrainer(Trainer):
     def _train_epoch(self, epoch: int) -> tuple[float, float, float]:
         self._set_train_mode()
         torch.manual_seed(derived_seed(self.recipe.train.seed, "dropout", epoch, self.dist.rank))
+        auxiliary = [m for m in self.model.modules() if hasattr(m, "auxiliary_loss")]
         loader = self.loaders["train"]
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum over points, correct points, points
         start = time.time()
@@ -152,6 +153,9 @@ class SegmentationTrainer(Trainer):
                 logits = self.train_model(points, category)
             loss = F.cross_entropy(logits.float().flatten(0, 1), parts.flatten(),
                                    label_smoothing=self.recipe.train.label_smoothing)
+            progress = (epoch * len(loader) + step) / (self.epochs * len(loader))
+            for module in auxiliary:  # e.g. DeepLA's hybrid deep supervision (training only)
+                loss = loss + module.auxiliary_loss(parts, progress)
             self._check_finite(loss, epoch, step)
             self._optimizer_step(loss)
             totals += torch.tensor([loss.item() * parts.numel(), (logits.argmax(-1) == parts).sum().item(),

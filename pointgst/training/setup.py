@@ -7,6 +7,8 @@ import torch
 from torch import nn
 
 from pointgst.backbones.factory import parse_name
+from pointgst.backbones.pointgpt import SIZES
+from pointgst.backbones.pointgpt_segmentation import OFFICIAL_FETCH_LAYERS
 from pointgst.recipe import PRETRAIN_METHOD, SEGMENTATION_DATASETS, Recipe, RecipeError
 from pointgst.wrapping import check_options, wrap
 
@@ -37,6 +39,8 @@ def backbone_options(recipe: Recipe) -> dict[str, Any]:
     options: dict[str, Any] = {"num_group": recipe.backbone.num_group, "group_size": recipe.backbone.group_size}
     if recipe.data.dataset in SEGMENTATION_DATASETS:
         options["task"] = "segmentation"
+        if recipe.method.options.get("preset") == "official" and parse_name(recipe.backbone.name)[0] in SIZES:
+            options["fetch_layers"] = OFFICIAL_FETCH_LAYERS  # blocks 4/8/12 even of PointGPT-L's 24 (quirk S3)
     if recipe.backbone.drop_path_rate is not None:
         options["drop_path_rate"] = recipe.backbone.drop_path_rate
     return options

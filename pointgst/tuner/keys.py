@@ -3,9 +3,10 @@
 A peft-wrapped backbone names a tensor ``base_model.model.<backbone path>`` plus, for tuner-owned tensors, the tuner
 layer's per-adapter container: ``blocks.blocks.3.ffn_branch.pointgst_module.default.up.weight`` (a parallel module),
 ``special_tokens.pointgst_module.default.cls_token`` (an adapter's cls-token copy), ``classify.pointgst_module...``
-(a head module), ``cls_head_finetune.modules_to_save.default.0.weight`` (peft's trained head copy),
-``...lora_A.default.weight`` (peft LoRA). The report, the optimizer groups, the run files and the official-checkpoint
-converter read names only through these functions.
+or a segmentation model's ``segment.pointgst_module...`` (a head module),
+``cls_head_finetune.modules_to_save.default.0.weight`` (peft's trained head copy), ``...lora_A.default.weight`` (peft
+LoRA). The report, the optimizer groups, the run files and the official-checkpoint converter read names only through
+these functions.
 """
 
 import re
@@ -55,7 +56,7 @@ def part_of(name: str) -> str:
         return "cls token + cls position"
     if _OWN in name:
         branch = name.split(_OWN)[0].rpartition(".")[2]
-        return "head (replaces the original)" if branch == "classify" else f"adapters on {branch}"
+        return "head (replaces the original)" if branch in ("classify", "segment") else f"adapters on {branch}"
     if ".lora_" in name:
         return "lora"
     return name.split(".")[0]

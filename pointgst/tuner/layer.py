@@ -98,19 +98,22 @@ class SpecialTokensLayer(nn.Module, PointGSTLayer):
 
 
 class HeadLayer(ModuleLayer):
-    """Wraps the backbone's ``classify`` handle: the active adapter's head module classifies the final tokens
-    (B, T, C) with their geometry instead of the original head."""
+    """Wraps the backbone's head handle and replaces the original head by the active adapter's head module, called
+    with the handle's arguments: ``classify(tokens (B, T, C), geometry) -> (B, classes)`` or a segmentation model's
+    ``segment(tokens (B, G, F), geometry, points (B, N, 3), category (B,)) -> (B, N, parts)``. An active adapter
+    without a head module here (another method) gets the original head."""
 
-    def forward(self, tokens: Tensor, geometry: TokenGeometry) -> Tensor:
+    def forward(self, *args: Any) -> Tensor:
         active = self._active_modules()
         if not active:
-            return self.base_layer(tokens, geometry)
-        return active[-1][1](tokens, geometry)
+            return self.base_layer(*args)
+        return active[-1][1](*args)
 
 
 class CarrierLayer(nn.Module, PointGSTLayer):
     """Wraps a handle without changing what it computes: the target that marks a model as adapted where no other
-    module is (a head-only adapter of a segmentation model, which has no cls token to copy). Owns no parameters."""
+    module is (a head-only adapter of a segmentation model, which has no cls token to copy). Owns no parameters; a
+    head method's adapter replaces it by a :class:`HeadLayer`."""
 
     def __init__(self, base_layer: nn.Module):
         super().__init__()

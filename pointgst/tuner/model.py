@@ -14,25 +14,28 @@ BRANCHES = {"ffn": ("ffn_branch",), "ffn+attn": ("ffn_branch", "attn_branch")}
 SPECIAL_TOKENS = "special_tokens"
 CLASSIFY = "classify"
 SEGMENT = "segment"
+#: the handle a head method replaces, per backbone task
+HEAD_HANDLES = {"classification": CLASSIFY, "segmentation": SEGMENT}
 
 
 def default_target_modules(model: nn.Module, config: PointGSTConfig) -> list[str]:
     """Names of the handles and modules a config adapts in ``model`` (a pointgst backbone): the branches of every
-    transformer block for a parallel method, the ``classify`` handle for a head method, always the cls tokens (each
-    adapter owns copies; a segmentation model has none, and its ``segment`` handle carries the adapter instead, so
-    that a head-only adapter has a target too), and with ``bn_stats="update"`` every frozen BatchNorm outside the
-    head."""
+    transformer block for a parallel method, the head handle of the model's task for a head method (``classify``, or
+    a segmentation model's ``segment``), always the cls tokens (each adapter owns copies; a segmentation model has
+    none, and its ``segment`` handle is always a target instead, so that a head-only adapter has one too), and with
+    ``bn_stats="update"`` every frozen BatchNorm outside the head."""
     names = [SPECIAL_TOKENS] if model.num_special_tokens else [SEGMENT]
     if config.part(PARALLEL)[0] is not None:
         blocks = {id(block) for block in model.transformer_blocks}  # the extractor's blocks, not a generator's
         names += [f"{name}.{branch}" for name, module in model.named_modules() if id(module) in blocks
                   for branch in BRANCHES[config.placement]]
     if config.part(HEAD)[0] is not None:
-        if model.task != "classification":
-            raise ValueError(f"{config.part(HEAD)[0].name} replaces a classification head, and "
+        if model.task not in HEAD_HANDLES:
+            raise ValueError(f"{config.part(HEAD)[0].name} replaces a classification or segmentation head, and "
                              f"{model.architecture} does {model.task}; use a method that adapts the blocks (pcsa, "
                              "dcnv4, lora) or linear / full")
-        names.append(CLASSIFY)
+        if HEAD_HANDLES[model.task] not in names:
+            names.append(HEAD_HANDLES[model.task])
     if config.bn_stats == "update":
         names += [name for name, module in model.named_modules()
                   if isinstance(module, nn.modules.batchnorm._BatchNorm) and not name.startswith(model.head_prefixes)]
@@ -41,8 +44,8 @@ def default_target_modules(model: nn.Module, config: PointGSTConfig) -> list[str
 
 class PointGSTModel(BaseTuner):
     """Injects a method's parallel modules beside the residual branches of every block or its head module in place of
-    the classification step, per-adapter cls-token copies, and (official BN drift) per-adapter BatchNorm copies.
-    Modules read the token geometry the backbone passes along; the tuner holds no shared state."""
+    the classification (or segmentation) step, per-adapter cls-token copies, and (official BN drift) per-adapter
+    BatchNorm copies. Modules read the token geometry the backbone passes along; the tuner holds no shared state."""
 
     prefix = "pointgst_"
     tuner_layer_cls = PointGSTLayer
@@ -82,11 +85,14 @@ class PointGSTModel(BaseTuner):
     def _create_and_replace(self, peft_config: PointGSTConfig, adapter_name: str, target: nn.Module,
                             target_name: str, parent: nn.Module, current_key: str,
                             parameter_name: Optional[str] = None) -> None:
-        if isinstance(target, PointGSTLayer):
+        head = target_name in HEAD_HANDLES.values() and peft_config.part(HEAD)[0] is not None
+        if head and isinstance(target, CarrierLayer):  # a head adapter joins adapters that keep the original step
+            layer = HeadLayer(target.base_layer)  # which it does for every adapter it holds no head of
+        elif isinstance(target, PointGSTLayer):
             layer = target
         elif target_name == SPECIAL_TOKENS:
             layer = SpecialTokensLayer(target)
-        elif target_name == CLASSIFY:
+        elif head:
             layer = HeadLayer(target)
         elif target_name == SEGMENT:
             layer = CarrierLayer(target)
@@ -95,7 +101,9 @@ class PointGSTModel(BaseTuner):
         else:
             layer = ParallelAdapterLayer(target)
         reference = next(self.model.parameters())
-        if isinstance(layer, (ParallelAdapterLayer, HeadLayer)):
+        if isinstance(layer, HeadLayer) and not head:
+            pass  # an adapter without a head method keeps the original step (the layer holds no module for it)
+        elif isinstance(layer, (ParallelAdapterLayer, HeadLayer)):
             spec, options = peft_config.part(PARALLEL if isinstance(layer, ParallelAdapterLayer) else HEAD)
             layer.update_layer(adapter_name, spec.build(self.model, options).to(reference.device, reference.dtype))
         elif isinstance(layer, SpecialTokensLayer):
@@ -121,4 +129,5 @@ class PointGSTModel(BaseTuner):
         return super()._unload_and_optionally_merge(merge=False, *args, **kwargs)
 
 
-__all__ = ["BRANCHES", "CLASSIFY", "PointGSTModel", "SEGMENT", "SPECIAL_TOKENS", "default_target_modules"]
+__all__ = ["BRANCHES", "CLASSIFY", "HEAD_HANDLES", "PointGSTModel", "SEGMENT", "SPECIAL_TOKENS",
+           "default_target_modules"]

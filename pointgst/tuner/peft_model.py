@@ -138,7 +138,7 @@ class PointPeftModel(PeftModel):
             return {}
         state = self.state_dict()
         covered = {official_name(k) for k in state if is_backbone_copy(k) and f".{adapter_name}." in f".{k}."}
-        if any(".classify.pointgst_module." in k for k in state):  # a head method: the original head is unused
+        if any(".classify.pointgst_module." in k or ".segment.pointgst_module." in k for k in state):  # head unused
             covered |= {backbone_name(k) for k in backbone.state_dict() if k.startswith(backbone.head_prefixes)}
         own = backbone.state_dict()
         return {key: own[key].detach().contiguous().cpu() for key in report.missing_keys
