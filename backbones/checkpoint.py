@@ -211,7 +211,9 @@ def fit_state_dict(model: nn.Module, state: Mapping[str, Tensor], *, strict: boo
 
 def _check_strict(report: LoadReport, model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     head_dropped = set(report.dropped_head_keys)
-    head = tuple(getattr(model, "head_prefixes", ()))  # a task head a backbone checkpoint cannot have
+    head = tuple(getattr(model, "head_prefixes", ()))  # a task head a backbone checkpoint cannot have ...
+    if any(k.startswith(head) for k in state):  # ... but a checkpoint with a head must have all of it
+        head = ()
     foreign = re.compile(getattr(model, "foreign_checkpoint_keys", None) or r"^$")
     bad_missing = [k for k in report.missing_keys if not _FINETUNE_ONLY.match(k) and k not in head_dropped
                    and not k.startswith(head) and not k.endswith("num_batches_tracked")]

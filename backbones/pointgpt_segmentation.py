@@ -33,7 +33,7 @@ from .base import PointBackbone
 from .grouping import PatchGrouper
 from .layers import DropPath, Handle, PatchEncoder
 from .pointgpt import GENERATOR_DEPTH, SIZES, GPTBlock, GPTStack, SinePositionEmbedding
-from .segmentation import SEGMENTATION_HEAD, FeaturePropagation, PointMAESegmentation, default_fetch_layers
+from .segmentation import SEGMENTATION_HEAD, FeaturePropagation, PointMAESegmentation, check_fetch_layers
 
 #: the blocks the official code fetches for every size (blocks 4, 8 and 12)
 OFFICIAL_FETCH_LAYERS = (3, 7, 11)
@@ -91,10 +91,7 @@ class PointGPTSegmentation(PointBackbone):
         check_int("num_categories", num_categories, 1)
         spec = SIZES[size]
         dim, depth, heads = spec["embed_dim"], spec["depth"], spec["num_heads"]
-        fetch_layers = tuple(fetch_layers) if fetch_layers is not None else default_fetch_layers(depth)
-        if list(fetch_layers) != sorted(set(fetch_layers)) or not all(0 <= i < depth for i in fetch_layers):
-            raise ValueError(f"fetch_layers must be ascending distinct block indices in [0, {depth}), got "
-                             f"{list(fetch_layers)}")
+        fetch_layers = check_fetch_layers(fetch_layers, depth)
         super().__init__(dict(size=size, num_classes=num_classes, num_categories=num_categories, num_group=num_group,
                               group_size=group_size, drop_path_rate=drop_path_rate,
                               skip_near_origin=skip_near_origin, fetch_layers=fetch_layers, embed_dim=dim,
@@ -130,11 +127,9 @@ class PointGPTSegmentation(PointBackbone):
     _check_category = PointMAESegmentation._check_category
     forward_features = PointMAESegmentation.forward_features
     reset_classifier = PointMAESegmentation.reset_classifier
+    run_depth = PointMAESegmentation.run_depth
+    grouping_options = PointMAESegmentation.grouping_options
 
-    @property
-    def run_depth(self) -> int:
-        """How many extractor blocks run: up to the last fetched one."""
-        return self.fetch_layers[-1] + 1
 
     @property
     def transformer_blocks(self) -> list[nn.Module]:
@@ -157,10 +152,6 @@ class PointGPTSegmentation(PointBackbone):
         skipped = tuple(f"blocks.layers.{i}." for i in range(self.run_depth, self.depth))
         return ("blocks.ln_f.", "blocks.increase_dim.", "generator_blocks.") + skipped
 
-    @property
-    def grouping_options(self) -> dict:
-        """The grouping, and the fetched blocks (a saved adapter is rebuilt on the same blocks)."""
-        return {**super().grouping_options, "fetch_layers": list(self.fetch_layers)}
 
     def forward_tokens(self, points: Tensor) -> tuple[Tensor, TokenGeometry]:
         """points (B, N, 3) -> (the fetched blocks' point tokens, each through ``norm``, concatenated

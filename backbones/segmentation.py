@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pointgst.geometry import TokenGeometry
-from pointgst.validation import check_int
+from pointgst.validation import check_int, model_input
 
 from .base import PointBackbone
 from .grouping import PatchGrouper
@@ -32,8 +32,8 @@ def three_nn_interpolate(points: Tensor, centers: Tensor, features: Tensor) -> T
     nearest, index = distances.topk(min(3, centers.shape[1]), dim=-1, largest=False)  # ascending
     weights = 1.0 / (nearest + 1e-8)
     weights = weights / weights.sum(-1, keepdim=True)
-    gathered = torch.gather(features.unsqueeze(1).expand(-1, points.shape[1], -1, -1), 2,
-                            index.unsqueeze(-1).expand(-1, -1, -1, features.shape[-1]))  # (B, N, 3, D)
+    batch = torch.arange(len(features), device=features.device)[:, None, None]
+    gathered = features[batch, index]  # (B, N, 3, D); its gradient is (B, G, D), not (B, N, G, D)
     return (gathered * weights.unsqueeze(-1)).sum(2)
 
 
@@ -67,7 +67,6 @@ class PointMAESegmentation(PointBackbone):
     task = "segmentation"
     classifier_name = "convs3"
     head_modules = SEGMENTATION_HEAD
-    lora_targets = r"blocks\.blocks\.\d+\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
     num_special_tokens = 0
     #: keys of a classification or pretraining checkpoint that this model has no place for (reported, not an error)
     foreign_checkpoint_keys = r"^(cls_token|cls_pos|cls_head_finetune\..*)$"
@@ -78,10 +77,7 @@ class PointMAESegmentation(PointBackbone):
                  encoder_widths: tuple[int, int] = (128, 256), fetch_layers: tuple[int, ...] | None = None):
         check_int("num_categories", num_categories, 1)
         encoder_widths = tuple(encoder_widths)
-        fetch_layers = tuple(fetch_layers) if fetch_layers is not None else default_fetch_layers(depth)
-        if list(fetch_layers) != sorted(set(fetch_layers)) or not all(0 <= i < depth for i in fetch_layers):
-            raise ValueError(f"fetch_layers must be ascending distinct block indices in [0, {depth}), got "
-                             f"{list(fetch_layers)}")
+        fetch_layers = check_fetch_layers(fetch_layers, depth)
         super().__init__(dict(num_classes=num_classes, num_categories=num_categories, num_group=num_group,
                               group_size=group_size, embed_dim=embed_dim, depth=depth, num_heads=num_heads,
                               drop_path_rate=drop_path_rate, skip_near_origin=skip_near_origin,
@@ -112,8 +108,30 @@ class PointMAESegmentation(PointBackbone):
         return self.arch_config["fetch_layers"]
 
     @property
+    def run_depth(self) -> int:
+        """How many blocks run: up to the last fetched one (the others never reach the output)."""
+        return self.fetch_layers[-1] + 1
+
+    @property
     def transformer_blocks(self) -> list[nn.Module]:
-        return list(self.blocks.blocks)
+        """The blocks that reach the output."""
+        return list(self.blocks.blocks[:self.run_depth])
+
+    @property
+    def lora_targets(self) -> str:
+        """The linear layers of the blocks that run."""
+        return rf"blocks\.blocks\.({'|'.join(map(str, range(self.run_depth)))})\.(attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
+
+    @property
+    def unused_in_forward(self) -> tuple[str, ...]:
+        """Key prefixes of the blocks after the last fetched one."""
+        return tuple(f"blocks.blocks.{i}." for i in range(self.run_depth, self.depth))
+
+    @property
+    def grouping_options(self) -> dict:
+        """What a saved model records to rebuild this one: the grouping, the fetched blocks and the categories."""
+        return {k: self.arch_config[k] for k in ("num_group", "group_size", "skip_near_origin", "fetch_layers",
+                                                 "num_categories")}
 
     def _special_tokens(self) -> tuple[Tensor, Tensor]:
         raise AttributeError(f"{self.architecture} has no cls token (its transformer sees the point tokens only)")
@@ -129,8 +147,9 @@ class PointMAESegmentation(PointBackbone):
 
     def forward(self, points: Tensor, category: Tensor) -> Tensor:
         """points (B, N, 3), category (B,) integer ids in [0, num_categories) -> part logits (B, N, num_classes)."""
+        points = model_input(points, min_points=self.group_divider.min_points, dtype=self.dtype,
+                             training=self.training)
         category = self._check_category(category, points)
-        points = points.to(self.dtype)
         tokens, geometry = self.forward_tokens(points)
         return self.segment(tokens, geometry, points, category)
 
@@ -164,6 +183,20 @@ class PointMAESegmentation(PointBackbone):
         old = self.convs3
         self.convs3 = nn.Conv1d(old.in_channels, num_classes, 1).to(device=old.weight.device, dtype=old.weight.dtype)
         self.arch_config["num_classes"] = num_classes
+
+
+def check_fetch_layers(fetch_layers: tuple[int, ...] | list[int] | None, depth: int) -> tuple[int, ...]:
+    """``fetch_layers`` as a tuple (``None``: :func:`default_fetch_layers`), checked against ``depth``."""
+    if fetch_layers is None:
+        if depth < 3:
+            raise ValueError(f"a segmentation model fetches three blocks, so depth must be >= 3, got {depth}")
+        return default_fetch_layers(depth)
+    fetch_layers = tuple(fetch_layers)
+    if not fetch_layers or list(fetch_layers) != sorted(set(fetch_layers)) or \
+            not all(isinstance(i, int) and 0 <= i < depth for i in fetch_layers):
+        raise ValueError(f"fetch_layers must be ascending distinct block indices in [0, {depth}), got "
+                         f"{list(fetch_layers)}")
+    return fetch_layers
 
 
 def default_fetch_layers(depth: int) -> tuple[int, ...]:

@@ -95,7 +95,12 @@ class Predictor:
                                       "outside `pointgst train`, or by an older pointgst); pass its run folder, or "
                                       "build Predictor(pointgst.load_adapter(folder), Preprocessing(npoints=...))")
             record = (None, Preprocessing.from_recipe(read_run_recipe(folder.parent)))
-        return cls(load_adapter(folder), record[1], record[0], device=device)
+        model = load_adapter(folder)
+        backbone = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if getattr(backbone, "task", "classification") == "segmentation":
+            raise ValueError(f"{folder} holds a part-segmentation model; label points with its run folder and the "
+                             "shapes' category: pointgst predict RUN_FOLDER FILES --category NAME")
+        return cls(model, record[1], record[0], device=device)
 
     def predict(self, inputs: Sequence[str | os.PathLike | np.ndarray | torch.Tensor], *, top_k: int = 5,
                 vote: int = 0, batch_size: int = 32,

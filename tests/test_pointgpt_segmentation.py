@@ -220,7 +220,7 @@ def test_fetch_layers_default_and_official():
     assert len(model.transformer_blocks) == 6 and model.transformer_blocks[-1] is model.blocks.layers[5]
     assert "blocks.layers.6." in model.unused_in_forward and "blocks.layers.5." not in model.unused_in_forward
     assert model.lora_target_parameters[-1] == "blocks.layers.5.attn.in_proj_weight"
-    assert model.grouping_options["fetch_layers"] == [1, 3, 5]
+    assert model.grouping_options["fetch_layers"] == (1, 3, 5) and model.grouping_options["num_categories"] == 16
     with pytest.raises(ValueError, match="ascending distinct block indices"):
         PointGPTSegmentation("pointgpt_s", fetch_layers=(7, 3, 11))
     with pytest.raises(ValueError, match="ascending distinct block indices"):

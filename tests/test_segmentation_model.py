@@ -206,3 +206,31 @@ def test_params_show_the_segmentation_head_separately(capsys):
     assert code == 0, err
     assert "deepla_head             620,610" in printed and "linear                5,238,706" in printed
     assert "full                 27,063,730  100.00%" in printed
+
+
+def test_a_saved_segmentation_model_keeps_its_fetched_blocks_and_only_adapts_the_blocks_that_run(tmp_path):
+    model = pointgst.wrap("point_mae_tiny.modelnet40", "pcsa", task="segmentation", fetch_layers=(0, 1, 2),
+                          num_group=32, group_size=16, local_size=16).eval()
+    assert len(model.get_base_model().transformer_blocks) == 3  # block 3 never reaches the output
+    assert not any("blocks.blocks.3." in name for name, p in model.named_parameters() if p.requires_grad)
+    points, category = torch.randn(2, 256, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([2, 9])
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = pointgst.load_adapter(tmp_path / "adapter").eval()
+    assert loaded.get_base_model().fetch_layers == (0, 1, 2)
+    with torch.no_grad():
+        assert torch.equal(loaded(points, category), model(points, category))
+
+
+def test_a_segmentation_checkpoint_missing_part_of_its_head_is_refused(tmp_path):
+    state = {k: v for k, v in PointMAESegmentation().state_dict().items() if not k.startswith("convs3.")}
+    torch.save({"model_state_dict": state}, tmp_path / "best_model.pth")
+    with pytest.raises(CheckpointError, match="backbone keys are missing"):
+        pointgst.create_backbone("point_mae_seg", pretrained=tmp_path / "best_model.pth")
+
+
+def test_evaluation_shards_count_every_sample_once():
+    from pointgst.training.data import ShardSampler
+
+    for size, world in ((10, 4), (3, 8), (2874, 4)):
+        shards = [list(ShardSampler(size, rank, world)) for rank in range(world)]
+        assert sorted(i for shard in shards for i in shard) == list(range(size))

@@ -1,9 +1,10 @@
 """The datasets and loaders of a run: train / select / test splits and ``(index, points, label)`` batches."""
 
+from collections.abc import Iterator
 from dataclasses import asdict
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from pointgst.data import DatasetError, build_dataset, stratified_split, stratified_subset
 from pointgst.recipe import Recipe
@@ -87,12 +88,28 @@ def subset(dataset: Dataset, indices) -> Subset:
     return Subset(dataset, [int(i) for i in indices])
 
 
+class ShardSampler(Sampler[int]):
+    """An evaluation shard: indices ``rank, rank + world_size, ...`` in order. Unlike ``DistributedSampler`` it does
+    not pad the shards to one length, so metrics summed over processes count every sample once."""
+
+    def __init__(self, size: int, rank: int, world_size: int):
+        self.indices = range(rank, size, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def make_loader(dataset: Dataset, recipe: Recipe, dist: Distributed, *, train: bool) -> DataLoader:
-    """A loader of ``(index, points, label)`` batches; every process gets its shard (``DistributedSampler``, also
-    with one process, so the shuffling order is the same whatever the number of processes)."""
+    """A loader of ``(index, points, label)`` batches; every process gets its shard (training: ``DistributedSampler``,
+    also with one process, so the shuffling order is the same whatever the number of processes; evaluation:
+    :class:`ShardSampler`)."""
     indexed = IndexedDataset(dataset)
-    sampler = DistributedSampler(indexed, num_replicas=dist.world_size, rank=dist.rank, shuffle=train,
-                                 seed=recipe.train.seed, drop_last=False)
+    sampler = (DistributedSampler(indexed, num_replicas=dist.world_size, rank=dist.rank, shuffle=True,
+                                  seed=recipe.train.seed, drop_last=False) if train else
+               ShardSampler(len(indexed), dist.rank, dist.world_size))
     per_rank = max(1, recipe.train.batch_size // dist.world_size)
     return DataLoader(indexed, batch_size=per_rank if train else 2 * per_rank, sampler=sampler,
                       num_workers=recipe.train.num_workers, drop_last=train and len(dataset) > per_rank)
