@@ -124,7 +124,7 @@ class PartPredictor:
         logits = self.model(sample, torch.tensor([category], device=self.device)).float().cpu()
         labels = restrict_to_category(logits, torch.tensor([category]), PARTS_OF_CATEGORIES)[0]
         nearest = torch.cat([torch.cdist(chunk, normalised[chosen]).argmin(dim=1)
-                             for chunk in normalised.split(65536)])
+                             for chunk in normalised.split(8192)])  # (8192, npoints) distances at a time
         return labels[nearest].numpy()
 
 
