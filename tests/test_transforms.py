@@ -17,6 +17,7 @@ from pointgst.data.transforms import (
     official_point_all,
     random_subset,
     rotate_up,
+    scale_and_shift,
     scale_and_translate,
 )
 from pointgst.ops import farthest_point_sample, gather_points
@@ -170,11 +171,12 @@ def test_normalize_unit_sphere(batch):
 
 
 def test_augment_dispatch(batch):
-    assert AUGMENTATIONS == ("scale_translate", "rotate_y", "none")
+    assert AUGMENTATIONS == ("scale_translate", "scale_shift", "rotate_y", "none")
     assert torch.equal(augment(batch, "scale_translate", gen(1)), scale_and_translate(batch, gen(1)))
+    assert torch.equal(augment(batch, "scale_shift", gen(1)), scale_and_shift(batch, gen(1)))
     assert torch.equal(augment(batch, "rotate_y", gen(1)), rotate_up(batch, gen(1), axis=1))
     assert augment(batch, "none", gen(1)) is batch
-    with pytest.raises(ValueError, match="unknown augmentation 'jitter'; choose one of scale_translate, rotate_y"):
+    with pytest.raises(ValueError, match="unknown augmentation 'jitter'; choose one of scale_translate, scale_shift, rotate_y"):
         augment(batch, "jitter", gen(1))
 
 
@@ -217,3 +219,14 @@ def test_an_fps_of_every_point_is_skipped_and_the_model_sees_the_same_input():
     subset = fps_then_random_subset(clouds, 512, 1024, torch.Generator().manual_seed(0))
     rows = {tuple(p) for p in clouds[0].tolist()}
     assert subset.shape == (8, 512, 3) and all(tuple(p) in rows for p in subset[0].tolist())
+
+
+def test_scale_and_shift_is_the_official_segmentation_augmentation(batch):
+    """One isotropic scale in [0.8, 1.25] and one shift in [-0.1, 0.1]^3 per cloud (docs/segmentation.md §3)."""
+    out = scale_and_shift(batch, gen(3))
+    for cloud, moved in zip(batch, out):
+        centred, moved_centred = cloud - cloud.mean(0), moved - moved.mean(0)
+        scale = (moved_centred.norm(dim=1) / centred.norm(dim=1)).mean()
+        assert 0.8 <= scale <= 1.25 and torch.allclose(moved_centred, centred * scale, atol=1e-5)
+        shift = moved.mean(0) - cloud.mean(0) * scale
+        assert shift.abs().max() <= 0.1 + 1e-6
