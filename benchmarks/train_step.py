@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from results_file import write_section  # benchmarks/results_file.py, beside this script
 
 import pointgst
-from pointgst.training.trainer import peak_memory_mb
+from pointgst.training.memory import peak_memory_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "modelnet40_1024"

@@ -52,8 +52,9 @@ def load_adapter(adapter: str | os.PathLike, backbone_or_name: nn.Module | str |
         architecture and grouping options the folder records (``backbone_kwargs`` override them).
     """
     folder = resolve_adapter_dir(adapter)
-    manifest = read_manifest(folder) or read_manifest(folder.parent)  # an adapter saved beside others: its parent
-    latest = read_manifest(folder).get("format")  # a folder saved into more than once: its latest save counts
+    own_manifest = read_manifest(folder)
+    manifest = own_manifest or read_manifest(folder.parent)  # an adapter saved beside others: its parent's
+    latest = own_manifest.get("format")  # a folder saved into more than once: its latest save counts
     if (folder / PEFT_CONFIG).is_file() and latest != FOLDER_FORMAT:
         config = _read_peft_config(folder)
         backbone = backbone_or_name

@@ -19,6 +19,7 @@ from pointgst.backbones.pointgpt_segmentation import OFFICIAL_FETCH_LAYERS, Poin
 from pointgst.ops import farthest_point_sample, gather_points, knn_indices
 
 from .official_layout import GPT_SIZES, _bn, _conv, pointgpt_finetune, pointgpt_pretrain
+from .segmentation_reference import as_trained, reference_head
 
 NORMAL = (Path(__file__).resolve().parents[2] / "shared" / "data" / "shapenetpart_samples" /
           "shapenetcore_partanno_segmentation_benchmark_v0_normal")
@@ -146,36 +147,13 @@ class ReferenceGPTSegmentation(nn.Module):
             if i in (3, 7, 11):
                 fetched.append(self.norm(h.transpose(0, 1)[:, 2:]).transpose(1, 2))
         x = torch.cat(fetched, dim=1)  # (B, 3C, G)
-        one_hot = F.one_hot(category, 16).float().view(b, 16, 1)
-        global_feature = torch.cat([x.max(dim=2).values, x.mean(dim=2), self.label_conv(one_hot)[..., 0]], dim=1)
-        d2 = -2 * points @ centers.transpose(1, 2) + points.square().sum(-1, keepdim=True) + \
-            centers.square().sum(-1).unsqueeze(1)
-        d2, index = d2.sort(dim=-1)
-        weight = 1.0 / (d2[..., :3] + 1e-8)
-        weight = weight / weight.sum(-1, keepdim=True)
-        features = x.transpose(1, 2)
-        gathered = torch.stack([features[i][index[i, :, :3]] for i in range(b)])  # (B, N, 3, 3C)
-        y = torch.cat([points, (gathered * weight.unsqueeze(-1)).sum(2)], dim=-1).transpose(1, 2)
-        for conv, norm in zip(self.propagation_0.mlp_convs, self.propagation_0.mlp_bns):
-            y = F.relu(norm(conv(y)))
-        y = torch.cat([y, global_feature.unsqueeze(-1).expand(-1, -1, n)], dim=1)
-        y = F.relu(self.bns1(self.convs1(y)))
-        y = F.relu(self.bns2(self.convs2(y)))
-        return F.log_softmax(self.convs3(y), dim=1).permute(0, 2, 1)
+        return reference_head(self, x, points, centers, category)
 
 
 def trained_reference(size: str) -> ReferenceGPTSegmentation:
     """A seeded reference with non-trivial BatchNorm statistics, as after training, in eval mode."""
     torch.manual_seed(3)
-    model = ReferenceGPTSegmentation(size)
-    generator = torch.Generator().manual_seed(4)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("running_mean"):
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.1)
-            elif name.endswith("running_var"):
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-    return model.eval()
+    return as_trained(ReferenceGPTSegmentation(size))
 
 
 def shapes_2048() -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,11 +1,8 @@
-"""A procedural ShapeNetPart: :func:`write_procedural_shapenetpart` writes part-labelled shapes in the official
-``normal`` layout, so :class:`pointgst.data.shapenetpart.ShapeNetPart` and a 50-part head use it unchanged.
-
-Each of the 16 categories is a fixed arrangement of its parts, in the real part order (Table: desktop 47, legs 48,
-stretchers 49), built from boxes, tubes and cones, ellipsoids and torus arcs, with random proportions, jittered
-positions and a random turn about the up axis (y). Points lie on the surfaces (normals: the surface normals); each
-part gets at least a quarter of an equal share of the points, so every part occurs in every shape.
-"""
+"""A procedural ShapeNetPart in the official ``normal`` layout (:func:`write_procedural_shapenetpart`): each of the
+16 categories is a fixed arrangement of its parts in the real part order (Table: desktop 47, legs 48, stretchers 49)
+built from boxes, tubes and cones, ellipsoids and torus arcs, with random proportions, jittered positions and a turn
+about the up axis (y). Points lie on the surfaces (with their normals); each part gets at least a quarter of an equal
+share of the points, so every part occurs in every shape."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ Every field is type-checked and range-checked when a recipe is built, from a fil
 - :mod:`pointgst.recipe.loading`: YAML files, built-in recipes, overrides, :func:`load_recipe`, :func:`list_recipes`.
 """
 
+from pointgst.recipe.fewshot_section import FewShotSpec, parse_folds
 from pointgst.recipe.loading import list_recipes, load_recipe
 from pointgst.recipe.schema import (
                                     AUGMENTATIONS,
@@ -27,12 +28,10 @@ from pointgst.recipe.schema import (
                                     BackboneSpec,
                                     DataSpec,
                                     EvalSpec,
-                                    FewShotSpec,
                                     MethodSpec,
                                     Recipe,
                                     RecipeError,
                                     TrainSpec,
-                                    parse_folds,
 )
 
 __all__ = ["AUGMENTATIONS", "DATASET_CLASSES", "DATASET_FORMATS", "PRETRAIN_METHOD", "SCANOBJECTNN_VARIANTS",

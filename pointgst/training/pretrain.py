@@ -29,10 +29,11 @@ from pointgst.converting import convert_checkpoint
 from pointgst.recipe import PRETRAIN_METHOD, Recipe, RecipeError
 
 from .data import base_dataset, build_splits
+from .memory import peak_memory_mb
 from .run_files import CURVES_PNG, SUMMARY, CurvePlotter, save_atomic, write_text_atomic
 from .seeds import derived_seed
 from .setup import autocast, backbone_options, check_data_root
-from .trainer import Trainer, peak_memory_mb
+from .trainer import Trainer
 
 PRETRAIN_CHECKPOINT, BACKBONE_FOLDER = "pretrain.pth", "backbone"
 MAE_OPTIONS = {"mask_ratio": float, "decoder_depth": int}

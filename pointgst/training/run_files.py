@@ -21,7 +21,7 @@ METRICS_JSONL, METRICS_CSV, CURVES_PNG, SUMMARY = "metrics.jsonl", "metrics.csv"
 RECIPE = "recipe.yaml"
 __all__ = ["BEST_STATE", "CHECKPOINT", "CURVES_PNG", "METRICS_CSV", "METRICS_JSONL", "CurvePlotter", "MetricsLog",
            "RECIPE", "SUMMARY", "load_run_file", "load_trainable_state", "plot_curves", "read_run_recipe",
-           "save_atomic", "saved_trainable_state", "trainable_state", "write_text_atomic"]
+           "save_atomic", "save_trained_part", "saved_trainable_state", "trainable_state", "write_text_atomic"]
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -139,3 +139,9 @@ def plot_curves(rows: list[dict], path: Path, *, loss_name: str = "cross-entropy
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
+
+
+def save_trained_part(model: nn.Module, folder: Path) -> None:
+    """``model.save_pretrained(folder)``: the adapter, or the weights folder after full fine-tuning. The run folder
+    is the run's own, so a folder left by an earlier pointgst version is replaced too."""
+    model.save_pretrained(folder, overwrite=True)

@@ -9,7 +9,6 @@ epoch-0 draw, so every evaluation sees the same points.
 """
 
 import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -22,14 +21,12 @@ from torch.utils.data import DataLoader, Dataset
 from pointgst.atomic import write_text_atomic
 from pointgst.data.shapenetpart import ShapeNetPart, category_part_ids
 from pointgst.data.splits import stratified_subset
-from pointgst.data.transforms import augment
 from pointgst.part_metrics import PartSegmentationMeter
 from pointgst.recipe import Recipe
 
 from .data import base_dataset, make_loader, subset
 from .distributed import Distributed, setup_distributed, teardown_distributed
 from .run_files import load_trainable_state, read_run_recipe, saved_trainable_state
-from .seeds import derived_seed
 from .setup import autocast, build_model, selection_split
 from .trainer import Trainer
 
@@ -127,8 +124,9 @@ def part_scores(model: torch.nn.Module, loader: DataLoader, recipe: Recipe, dist
 
 
 class SegmentationTrainer(Trainer):
-    """:class:`Trainer` for part segmentation: ``model(points, category)`` -> per-point logits, per-point
-    cross-entropy, per-shape augmentation without the classification FPS subset, :class:`PartScores`."""
+    """:class:`Trainer` for part segmentation: ``model(points, category)`` -> per-point logits (the training step's
+    cross-entropy and accuracy then run over points), per-shape augmentation without the classification FPS subset,
+    :class:`PartScores`."""
 
     def _build_splits(self) -> dict[str, Dataset]:
         return build_part_splits(self.recipe)
@@ -136,55 +134,12 @@ class SegmentationTrainer(Trainer):
     def _scores(self, split: str) -> PartScores:
         return part_scores(self.model, self.loaders[split], self.recipe, self.dist)
 
-    def _train_epoch(self, epoch: int) -> tuple[float, float, float]:
-        self._set_train_mode()
-        torch.manual_seed(derived_seed(self.recipe.train.seed, "dropout", epoch, self.dist.rank))
-        auxiliary = [m for m in self.model.modules() if hasattr(m, "auxiliary_loss")]
-        loader = self.loaders["train"]
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum over points, correct points, points
-        start = time.time()
-        bar = self._progress_bar(loader, epoch)
-        for step, (index, points, (category, parts)) in enumerate(bar):
-            points, category, parts = (t.to(self.dist.device) for t in (points, category, parts))
-            points = self._augment_shapes(points, index, epoch)
-            if epoch == 0 and step == 0:
-                self.first_step_loss = self._probe_loss(points, (category, parts))
-            with autocast(self.recipe.train.precision, self.dist.device):
-                logits = self.train_model(points, category)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), parts.flatten(),
-                                   label_smoothing=self.recipe.train.label_smoothing)
-            progress = (epoch * len(loader) + step) / (self.epochs * len(loader))
-            for module in auxiliary:  # e.g. DeepLA's hybrid deep supervision (training only)
-                loss = loss + module.auxiliary_loss(parts, progress)
-            self._check_finite(loss, epoch, step)
-            self._optimizer_step(loss)
-            totals += torch.tensor([loss.item() * parts.numel(), (logits.argmax(-1) == parts).sum().item(),
-                                    parts.numel()], dtype=torch.float64)
-            bar.set_postfix(loss=f"{loss.item():.3f}", points_per_s=f"{totals[2] / (time.time() - start):.0f}")
-        self.dist.all_reduce_sum(totals)
-        return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item(), time.time() - start
-
-    def _augment_shapes(self, points: Tensor, index: Tensor, epoch: int) -> Tensor:
-        """The recipe's augmentation per shape, seeded by (seed, epoch, shape index)."""
-        name = self.recipe.data.augmentation
-        if name == "none":
-            return points
-        seed = self.recipe.train.seed
-        return torch.cat([augment(points[i:i + 1], name,
-                                  torch.Generator().manual_seed(derived_seed(seed, "augment", epoch, int(j))))
-                          for i, j in enumerate(index)])
-
-    @torch.no_grad()
-    def _probe_loss(self, points: Tensor, labels: tuple[Tensor, Tensor]) -> float:
-        """Per-point cross-entropy of the first training batch under the initial weights in eval mode."""
-        category, parts = labels
-        self.model.eval()
-        logits = self.model(points, category).float()
-        totals = torch.tensor([F.cross_entropy(logits.flatten(0, 1), parts.flatten(), reduction="sum").item(),
-                               parts.numel()], dtype=torch.float64)
-        self._set_train_mode()
-        self.dist.all_reduce_sum(totals)
-        return (totals[0] / totals[1]).item()
+    def _prepare(self, batch: tuple, epoch: int, step: int) -> tuple[tuple[Tensor, ...], Tensor]:
+        """``(index, points, (category, parts))`` -> ``((points, category), parts)`` on the device, each shape
+        augmented (:meth:`_augment_samples`; no classification FPS subset: the dataset drew the points)."""
+        index, points, (category, parts) = batch
+        points = self._augment_samples(points.to(self.dist.device), index, epoch)
+        return (points, category.to(self.dist.device)), parts.to(self.dist.device)
 
 
 def evaluate_part_run(run_dir: Path, *, device: str | None = None) -> dict[str, Any]:

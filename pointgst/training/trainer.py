@@ -11,7 +11,6 @@ on the batch composition or the number of processes. One process at a time train
 
 import json
 import math
-import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from pointgst.report import parameter_report
 from .data import base_dataset, build_splits, make_loader
 from .distributed import setup_distributed, teardown_distributed
 from .evaluate import Scores, split_scores, vote_results
+from .memory import peak_memory_mb
 from .optim import build_scheduler, num_epochs, parameter_groups
 from .run_dir import RunLock, prepare_run_dir
 from .run_files import (
@@ -42,6 +42,7 @@ from .run_files import (
     load_run_file,
     load_trainable_state,
     save_atomic,
+    save_trained_part,
     trainable_state,
     write_text_atomic,
 )
@@ -163,24 +164,33 @@ class Trainer:
         totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
         start = time.time()
         bar = self._progress_bar(loader, epoch)
-        for step, (index, points, labels) in enumerate(bar):
-            points, labels = points.to(self.dist.device), labels.to(self.dist.device)
-            points = self._augment(points, index, epoch, step)
+        samples = 0
+        for step, batch in enumerate(bar):
+            inputs, labels = self._prepare(batch, epoch, step)
             if epoch == 0 and step == 0:
-                self.first_step_loss = self._probe_loss(points, labels)
+                self.first_step_loss = self._probe_loss(inputs, labels)
             with autocast(self.recipe.train.precision, self.dist.device):
-                logits = self.train_model(points)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.recipe.train.label_smoothing)
+                logits = self.train_model(*inputs).float()
+            loss = F.cross_entropy(logits.flatten(0, -2), labels.flatten(),
+                                   label_smoothing=self.recipe.train.label_smoothing)
             progress = (epoch * len(loader) + step) / (self.epochs * len(loader))
             for module in auxiliary:  # e.g. DeepLA's hybrid deep supervision (training only)
                 loss = loss + module.auxiliary_loss(labels, progress)
             self._check_finite(loss, epoch, step)
             self._optimizer_step(loss)
-            totals += torch.tensor([loss.item() * len(labels), (logits.argmax(1) == labels).sum().item(),
-                                    len(labels)], dtype=torch.float64)
-            bar.set_postfix(loss=f"{loss.item():.3f}", samples_per_s=f"{totals[2] / (time.time() - start):.1f}")
+            totals += torch.tensor([loss.item() * labels.numel(), (logits.argmax(-1) == labels).sum().item(),
+                                    labels.numel()], dtype=torch.float64)
+            samples += len(labels)
+            bar.set_postfix(loss=f"{loss.item():.3f}", samples_per_s=f"{samples / (time.time() - start):.1f}")
         self.dist.all_reduce_sum(totals)
         return (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item(), time.time() - start
+
+    def _prepare(self, batch: tuple, epoch: int, step: int) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+        """A loader batch ``(index, points, labels)`` -> (the model's inputs, the labels) on the device, with the
+        training input pipeline applied (:meth:`_augment`)."""
+        index, points, labels = batch
+        points = self._augment(points.to(self.dist.device), index, epoch, step)
+        return (points,), labels.to(self.dist.device)
 
     def _check_finite(self, loss: torch.Tensor, epoch: int, step: int) -> None:
         """Stop the run at the first NaN or infinite loss, before it reaches the weights."""
@@ -218,13 +228,14 @@ class Trainer:
         self.train_model.train()  # a wrapped model keeps its frozen BatchNorm layers in eval mode itself
 
     @torch.no_grad()
-    def _probe_loss(self, points: torch.Tensor, labels: torch.Tensor) -> float:
+    def _probe_loss(self, inputs: tuple[torch.Tensor, ...], labels: torch.Tensor) -> float:
         """Cross-entropy of the first training batch under the initial weights in eval mode (no dropout, no batch
         statistics), averaged over all processes: it does not depend on how the batch is split across processes
         (the training-mode loss does, through the trainable head's BatchNorm: CPU has no SyncBatchNorm)."""
         self.model.eval()
-        totals = torch.tensor([F.cross_entropy(self.model(points).float(), labels, reduction="sum").item(),
-                               len(labels)], dtype=torch.float64)
+        logits = self.model(*inputs).float()
+        totals = torch.tensor([F.cross_entropy(logits.flatten(0, -2), labels.flatten(), reduction="sum").item(),
+                               labels.numel()], dtype=torch.float64)
         self._set_train_mode()
         self.dist.all_reduce_sum(totals)
         return (totals[0] / totals[1]).item()
@@ -232,12 +243,16 @@ class Trainer:
     def _augment(self, points: torch.Tensor, index: torch.Tensor, epoch: int, step: int) -> torch.Tensor:
         """Official training input: FPS to ``point_all``, one random ``npoints`` subset shared by the batch (seeded
         by epoch and step, so every process draws the same), then per-sample augmentation seeded by the sample."""
-        data, seed = self.recipe.data, self.recipe.train.seed
-        subset = torch.Generator().manual_seed(derived_seed(seed, "subset", epoch, step))
-        points = fps_then_random_subset(points, data.npoints, data.point_all, subset)
-        if data.augmentation == "none":
+        data = self.recipe.data
+        subset = torch.Generator().manual_seed(derived_seed(self.recipe.train.seed, "subset", epoch, step))
+        return self._augment_samples(fps_then_random_subset(points, data.npoints, data.point_all, subset), index, epoch)
+
+    def _augment_samples(self, points: torch.Tensor, index: torch.Tensor, epoch: int) -> torch.Tensor:
+        """The recipe's augmentation of every cloud (B, N, 3), seeded by (seed, epoch, sample index)."""
+        name, seed = self.recipe.data.augmentation, self.recipe.train.seed
+        if name == "none":
             return points
-        return torch.cat([augment(points[i:i + 1], data.augmentation,
+        return torch.cat([augment(points[i:i + 1], name,
                                   torch.Generator().manual_seed(derived_seed(seed, "augment", epoch, int(j))))
                           for i, j in enumerate(index)])
 
@@ -281,23 +296,3 @@ class Trainer:
             write_inference_record(self.recipe, base_dataset(self.splits["test"]).class_names, self.run_dir,
                                    self.run_dir / "adapter")
         return summary
-
-
-def save_trained_part(model: nn.Module, folder: Path) -> None:
-    """``model.save_pretrained(folder)``: the adapter, or the weights folder after full fine-tuning. The run folder
-    is the run's own, so a folder left by an earlier pointgst version is replaced too."""
-    model.save_pretrained(folder, overwrite=True)
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak CUDA allocation, or the process's peak resident set size (``VmHWM`` on Linux: unlike ``ru_maxrss`` it
-    does not include the memory of the parent this process was forked from)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # KiB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-

@@ -30,10 +30,6 @@ def default_target_modules(model: nn.Module, config: PointGSTConfig) -> list[str
         names += [f"{name}.{branch}" for name, module in model.named_modules() if id(module) in blocks
                   for branch in BRANCHES[config.placement]]
     if config.part(HEAD)[0] is not None:
-        if model.task not in HEAD_HANDLES:
-            raise ValueError(f"{config.part(HEAD)[0].name} replaces a classification or segmentation head, and "
-                             f"{model.architecture} does {model.task}; use a method that adapts the blocks (pcsa, "
-                             "dcnv4, lora) or linear / full")
         if HEAD_HANDLES[model.task] not in names:
             names.append(HEAD_HANDLES[model.task])
     if config.bn_stats == "update":
