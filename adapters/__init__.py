@@ -9,7 +9,18 @@ from .dcnv4 import DCNv4, DCNv4Config, DeformablePointLayer
 from .deepla import DeepLAHead, DeepLAHeadConfig
 from .lora import LoraOptions
 from .pcsa import PCSA, PCSAConfig
-from .registry import ATTACH_POINTS, FULL, HEAD, HEAD_ONLY, LORA, PARALLEL, MethodSpec, Registry, help_text
+from .registry import (
+    ATTACH_POINTS,
+    FORWARD,
+    FULL,
+    HEAD,
+    HEAD_ONLY,
+    LORA,
+    PARALLEL,
+    MethodSpec,
+    Registry,
+    help_text,
+)
 
 METHODS = Registry([
     pcsa.METHOD,
@@ -26,6 +37,7 @@ def list_methods() -> list[str]:
     return METHODS.names()
 
 
-__all__ = ["ATTACH_POINTS", "DCNv4", "DCNv4Config", "DeepLAHead", "DeepLAHeadConfig", "DeformablePointLayer", "FULL",
+__all__ = ["ATTACH_POINTS", "DCNv4", "DCNv4Config", "DeepLAHead", "DeepLAHeadConfig", "DeformablePointLayer", "FORWARD",
+           "FULL",
            "HEAD", "HEAD_ONLY", "LORA", "LoraOptions", "METHODS", "MethodSpec", "PARALLEL", "PCSA", "PCSAConfig",
            "Registry", "help_text", "list_methods"]

@@ -20,19 +20,26 @@ HEAD = "head"  # a module that replaces the classification step: module(tokens (
 HEAD_ONLY = "head_only"  # no module: a trainable copy of the backbone's own head (linear probing)
 LORA = "lora"  # peft's LoRA on the blocks' linear layers, with a trainable head copy
 FULL = "full"  # no adapter: every backbone weight trains
-ATTACH_POINTS = (PARALLEL, HEAD, HEAD_ONLY, LORA, FULL)
+#: a module that runs the whole classification forward over the frozen backbone's modules, with its own tokens,
+#: scale-and-shift factors and head: module(backbone, points (B, N, 3)) -> logits (DAPT, IDPT, GAPrompt, PPT)
+FORWARD = "forward"
+ATTACH_POINTS = (PARALLEL, HEAD, HEAD_ONLY, LORA, FULL, FORWARD)
 
 
 @dataclass(frozen=True)
 class MethodSpec:
     """One tuning method.
 
-    ``build(backbone, config)``: the module of a ``parallel`` or ``head`` method (it may read the backbone's public
-    attributes: ``embed_dim``, ``num_classes``, ...), or the peft config of a ``lora`` method; ``None`` otherwise.
+    ``build(backbone, config)``: the module of a ``parallel``, ``head`` or ``forward`` method (it may read the
+    backbone's public attributes: ``embed_dim``, ``num_classes``, ...), or the peft config of a ``lora`` method;
+    ``None`` otherwise.
     ``exact_at_init``: an untrained wrapped model gives the frozen backbone's outputs exactly (a ``head`` method
     replaces the head, so it is never exact). ``trains_cls_tokens``: the cls token and position train with the
     method (each adapter then owns a copy). ``official_options``: what ``preset="official"`` sets in this method's
-    config.
+    config. ``official_marker``: a regular expression found in the keys of the method's official fine-tuned
+    checkpoints (``pointgst convert`` recognises them by it); ``options_from_official(state)``: the method's options
+    that the shapes of such a checkpoint determine (e.g. a bottleneck width). ``backbones``: the architectures the
+    method runs on (empty: every one).
     """
 
     name: str
@@ -43,12 +50,19 @@ class MethodSpec:
     summary: str
     build: Callable[[Any, Any], Any] | None = None
     official_options: Mapping[str, Any] = field(default_factory=dict)
+    official_marker: str = ""
+    options_from_official: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    backbones: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.attaches not in ATTACH_POINTS:
             raise ValueError(f"method {self.name!r}: attaches must be one of {ATTACH_POINTS}, got {self.attaches!r}")
         if not dataclasses.is_dataclass(self.config_class):
             raise TypeError(f"method {self.name!r}: config_class must be a dataclass")
+
+    def supports(self, architecture: str) -> bool:
+        """Whether the method runs on backbones of ``architecture``."""
+        return not self.backbones or architecture in self.backbones
 
     @property
     def option_names(self) -> tuple[str, ...]:

@@ -25,7 +25,9 @@ class PointBackbone(nn.Module):
     residual branches as handles ``attn_branch(x, geometry)`` and ``ffn_branch(x, geometry)``
     (:class:`~pointgst.backbones.layers.Handle`), the cls token and position are read through the ``special_tokens``
     handle, and the final tokens reach the head through the ``classify(tokens, geometry) -> logits`` handle, so a
-    tuner can add to a branch, swap the tokens or take over the head without copying a line of the backbone.
+    tuner can add to a branch, swap the tokens or take over the head without copying a line of the backbone; the
+    whole classification runs through the ``pipeline(points) -> logits`` handle, which a method that changes the token
+    sequence itself (DAPT, IDPT, GAPrompt, PPT) replaces, running the backbone's frozen modules in its own order.
     """
 
     architecture: str = ""
@@ -52,6 +54,7 @@ class PointBackbone(nn.Module):
         self.tuning_method: str | None = None  # "full" after full fine-tuning (wrap(..., method="full"))
         self.special_tokens = Handle(self._special_tokens)
         self.classify = Handle(self._classify)
+        self.pipeline = Handle(self._pipeline)
 
     def _special_tokens(self) -> tuple[Tensor, Tensor]:
         """The learnable cls token and its position, each (1, 1, C)."""
@@ -112,9 +115,14 @@ class PointBackbone(nn.Module):
     def _classify(self, tokens: Tensor, geometry: TokenGeometry) -> Tensor:
         return self.forward_head(self.pool(tokens))
 
-    def forward(self, points: Tensor) -> Tensor:
-        """points (B, N, 3) -> logits (B, num_classes), through the ``classify`` handle (a head method replaces it)."""
+    def _pipeline(self, points: Tensor) -> Tensor:
         return self.classify(*self.forward_tokens(points))
+
+    def forward(self, points: Tensor) -> Tensor:
+        """points (B, N, 3) -> logits (B, num_classes): ``classify(*forward_tokens(points))`` through the ``pipeline``
+        handle (a ``forward`` method such as DAPT replaces the whole computation there) and the ``classify`` handle (a
+        head method replaces the head there)."""
+        return self.pipeline(points)
 
     def get_classifier(self) -> nn.Module:
         return self.get_submodule(self.classifier_name)

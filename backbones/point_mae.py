@@ -24,10 +24,16 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        b, t, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, t, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
+        return self.proj(self.attend(self.qkv(x)))
+
+    def attend(self, qkv: Tensor) -> Tensor:
+        """The attention itself, before ``proj``: packed projections (B, T, 3C) -> (B, T, C) (a method that rescales
+        the projections, such as DAPT, calls it between ``qkv`` and ``proj``)."""
+        b, t, c3 = qkv.shape
+        c = c3 // 3
+        q, k, v = qkv.reshape(b, t, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, head_dim)
-        return self.proj(x.transpose(1, 2).reshape(b, t, c))
+        return x.transpose(1, 2).reshape(b, t, c)
 
 
 class Mlp(nn.Module):

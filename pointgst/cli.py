@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
     convert.set_defaults(run=convert_command)
     params = commands.add_parser("params", help="trainable-parameter report of a backbone + tuning method")
-    params.add_argument("name", help="architecture or pretrained tag, e.g. point_mae.pretrain")
+    params.add_argument("name", help="architecture or pretrained tag (e.g. point_mae.pretrain), or a recipe (name or "
+                                     ".yaml): the model it trains, e.g. scanobjectnn-pb_t50_rs.point_mae.dapt")
     params.add_argument("--method", default="pcsa",
                         help="tuning method, a comma-separated list, or 'all' to compare every method")
     params.add_argument("--num-classes", type=int, help="head size (default: 40 classes, or 50 parts)")

@@ -12,7 +12,7 @@ def convert_command(args: argparse.Namespace) -> None:
 
     out = convert_checkpoint(args.file, args.out_dir, architecture=args.arch, overwrite=args.overwrite)
     if (out / "adapter").is_dir():
-        print(f"wrote {out}: a PointGST model; load it with pointgst.load_adapter({str(out / 'adapter')!r})")
+        print(f"wrote {out}: a fine-tuned model; load it with pointgst.load_adapter({str(out / 'adapter')!r})")
     else:
         print(f"wrote {out}; load it with pointgst.create_backbone(ARCH, pretrained={str(out)!r})")
 
@@ -29,7 +29,20 @@ def params_command(args: argparse.Namespace) -> None:
         parse_name,
         task_architecture,
     )
+    from pointgst.recipe import SEGMENTATION_DATASETS, list_recipes, load_recipe
 
+    if args.name in list_recipes() or args.name.endswith((".yaml", ".yml")):  # the model a recipe trains
+        recipe = load_recipe(args.name, [])
+        task = "segmentation" if recipe.data.dataset in SEGMENTATION_DATASETS else "classification"
+        arch = task_architecture(parse_name(recipe.backbone.name)[0], task)
+        with torch.device("meta"):
+            backbone = ARCHITECTURES[arch](num_classes=recipe.data.num_classes, num_group=recipe.backbone.num_group,
+                                           group_size=recipe.backbone.group_size)
+            model = pointgst.wrap(backbone, method=recipe.method.name, **recipe.method.options)
+        print(f"recipe {recipe.name}: {recipe.data.num_classes} {'parts' if task == 'segmentation' else 'classes'}, "
+              f"{recipe.backbone.num_group} groups of {recipe.backbone.group_size} points")
+        print(pointgst.parameter_report(model))
+        return
     arch = task_architecture(parse_name(args.name)[0], args.task)
     num_classes = args.num_classes or (DEFAULT_NUM_PARTS if args.task == "segmentation" else DEFAULT_NUM_CLASSES)
     methods = list_methods() if args.method == "all" else args.method.split(",")

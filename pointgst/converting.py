@@ -1,8 +1,10 @@
 """``pointgst convert``: an official checkpoint -> pointgst folders, reading the file once.
 
 A backbone checkpoint (Point-MAE / ACT / ReCon / PointGPT, pretraining or fine-tuned) becomes a weights folder; an
-official PointGST fine-tuned checkpoint (``{"base_model": state_dict}`` with ``gft_adapter`` keys) becomes
-``OUT/backbone`` + ``OUT/adapter`` with the ``official`` preset (``docs/checkpoints.md``, "PointGST fine-tuned").
+official PointGST fine-tuned checkpoint (``{"base_model": state_dict}`` with ``gft_adapter`` keys), or one of another
+method's official code whose keys carry its registry entry's ``official_marker`` (DAPT, IDPT, GAPrompt, PPT), becomes
+``OUT/backbone`` + ``OUT/adapter`` with the ``official`` preset (``docs/checkpoints.md``, "PointGST fine-tuned",
+"Other methods' fine-tuned checkpoints").
 """
 
 import logging
@@ -12,6 +14,7 @@ from pathlib import Path
 
 from torch import Tensor
 
+from pointgst.adapters import FORWARD, METHODS, MethodSpec
 from pointgst.atomic import write_folder
 from pointgst.backbones.checkpoint import (
     FOLDER_FORMAT,
@@ -40,6 +43,9 @@ def convert_checkpoint(file: str | os.PathLike, out_dir: str | os.PathLike, *, a
     state = read_official_state(file, architecture)
     if any(_OFFICIAL_ADAPTER_KEY.match(key) for key in state):
         return convert_pointgst_state(state, file, out_dir, architecture=architecture, overwrite=overwrite)
+    spec = official_method(state)
+    if spec is not None:
+        return convert_method_state(state, spec, file, out_dir, architecture=architecture, overwrite=overwrite)
     out, report = convert_backbone_state(state, file, out_dir, architecture=architecture, overwrite=overwrite)
     logging.getLogger("pointgst").info("%s", report)
     return out
@@ -78,5 +84,57 @@ def convert_pointgst_state(state: dict[str, Tensor], file: Path, out_dir: str | 
                               "source_file": file.name, "note": "frozen weights of a PointGST fine-tuned checkpoint"})
         model.save_pretrained(tmp / ADAPTER_DIR)
         return {"format": "pointgst-converted-pointgst", "source_file": file.name}
+
+    return write_folder(out_dir, fill, overwrite=overwrite)
+
+
+def official_method(state: dict[str, Tensor]) -> MethodSpec | None:
+    """The ``forward`` method whose official fine-tuned checkpoints have keys like ``state``'s, or None."""
+    for name in METHODS.names(combinations=False):
+        spec = METHODS[name]
+        if spec.attaches == FORWARD and spec.official_marker and any(re.search(spec.official_marker, k) for k in state):
+            return spec
+    return None
+
+
+def convert_method_state(state: dict[str, Tensor], spec: MethodSpec, file: Path, out_dir: str | os.PathLike, *,
+                         architecture: str | None = None, overwrite: bool = False) -> Path:
+    """Write ``out_dir/backbone`` and ``out_dir/adapter`` (``official`` preset) from the state of a ``forward``
+    method's official fine-tuned checkpoint ``file``.
+
+    Every key the backbone has (with the same shape) goes to the backbone folder, the frozen weights with the
+    BatchNorm statistics that drifted in official training; the method module takes its own tensors by its
+    ``official_names`` (a retrained backbone layer's copy too), the adapter the cls token and position and the
+    statistics. A key neither takes, or a module tensor the file lacks, is an error.
+    """
+    arch = architecture or detect_architecture(state)
+    backbone = ARCHITECTURES[arch](num_classes=head_classes(state) or 40, skip_near_origin=True)
+    own = backbone.state_dict()
+    from_file = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in from_file and not k.startswith(backbone.head_prefixes)]
+    if missing:
+        raise CheckpointError(f"{file}: not a {spec.name} checkpoint of {arch}: {len(missing)} backbone tensors are "
+                              f"missing, e.g. {missing[:3]}; pass the right --arch")
+    backbone.load_state_dict(from_file, strict=False)
+    clean_state = {k: v.clone() for k, v in backbone.state_dict().items() if k in from_file}
+    backbone.name_or_path = f"../{BACKBONE_DIR}"
+    options = spec.options_from_official(state) if spec.options_from_official else {}
+    model = wrap(backbone, method=spec.name, preset="official", **options)
+    module = model.base_model.model.pipeline.pointgst_module["default"]
+    names = module.official_names()
+    absent = sorted(v for v in names.values() if v not in state)
+    unknown = sorted(set(state) - set(from_file) - set(names.values()))
+    wrong = [k for k, v in names.items() if v in state and state[v].shape != module.state_dict()[k].shape]
+    if absent or unknown or wrong:
+        raise CheckpointError(f"{file}: the {spec.name} tensors do not fit {arch} with options {options} (missing: "
+                              f"{absent[:3]}; unknown: {unknown[:3]}; other shapes: {wrong[:3]})")
+    module.load_state_dict({k: state[v] for k, v in names.items()})
+
+    def fill(tmp: Path) -> dict:
+        write_weights_folder(clean_state, tmp / BACKBONE_DIR,
+                             {"format": FOLDER_FORMAT, "architecture": arch, "num_classes": backbone.num_classes,
+                              "source_file": file.name, "note": f"frozen weights of a {spec.name} fine-tuned checkpoint"})
+        model.save_pretrained(tmp / ADAPTER_DIR)
+        return {"format": "pointgst-converted-method", "method": spec.name, "source_file": file.name}
 
     return write_folder(out_dir, fill, overwrite=overwrite)

@@ -8,10 +8,14 @@ from torch import nn
 from pointgst.tuner.keys import is_backbone_copy, part_of
 from pointgst.tuner.peft_model import method_name
 
-#: the PointGST paper's trainable-parameter figures (README / paper table), by (architecture, method)
+#: the papers' trainable-parameter figures (README / each method's paper), by (architecture, method)
 PAPER_FIGURES = {
     ("point_mae", "pcsa"): "0.6M trainable (2.77% of 22.1M)",
     ("pointgpt_l", "pcsa"): "2.4M trainable (0.67% of 360.5M)",
+    ("point_mae", "dapt"): "1.1M trainable (DAPT paper)",
+    ("point_mae", "idpt"): "1.7M trainable (IDPT paper)",
+    ("point_mae", "gaprompt"): "2.19% trainable (GAPrompt paper abstract)",
+    ("point_mae", "ppt"): "1.05M trainable (PPT abstract v2; v1 wrote 1.05%)",
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 
 from peft import PeftConfig
 
-from pointgst.adapters import HEAD, HEAD_ONLY, METHODS, PARALLEL
+from pointgst.adapters import FORWARD, HEAD, HEAD_ONLY, METHODS, PARALLEL
 from pointgst.validation import check_choice
 
 PEFT_TYPE = "POINTGST"
@@ -23,7 +23,7 @@ BN_STATS = ("frozen", "update")
 OFFICIAL_TUNER_SETTINGS = {"bn_stats": "update"}
 PRESETS = ("official",)
 #: where the methods this tuner applies attach (LoRA is peft's own tuner, full fine-tuning needs none)
-TUNER_ATTACHES = (PARALLEL, HEAD, HEAD_ONLY)
+TUNER_ATTACHES = (PARALLEL, HEAD, HEAD_ONLY, FORWARD)
 
 # pointgst 0.1.0 kept every method's options as fields of this config; new name of each, by method
 _V010_OPTIONS = {

@@ -3,7 +3,8 @@
 A peft-wrapped backbone names a tensor ``base_model.model.<backbone path>`` plus, for tuner-owned tensors, the tuner
 layer's per-adapter container: ``blocks.blocks.3.ffn_branch.pointgst_module.default.up.weight`` (a parallel module),
 ``special_tokens.pointgst_module.default.cls_token`` (an adapter's cls-token copy), ``classify.pointgst_module...``
-or a segmentation model's ``segment.pointgst_module...`` (a head module),
+or a segmentation model's ``segment.pointgst_module...`` (a head module), ``pipeline.pointgst_module...`` (a
+``forward`` method's module),
 ``cls_head_finetune.modules_to_save.default.0.weight`` (peft's trained head copy), ``...lora_A.default.weight`` (peft
 LoRA). The report, the optimizer groups, the run files and the official-checkpoint converter read names only through
 these functions.
@@ -54,6 +55,8 @@ def part_of(name: str) -> str:
         return name.split(".modules_to_save.")[0]
     if name.startswith(f"special_tokens{_OWN}"):
         return "cls token + cls position"
+    if name.startswith(f"pipeline{_OWN}"):  # a forward method's module: by its own top-level parts
+        return "method: " + name.split(_OWN)[1].split(".")[1]
     if _OWN in name:
         branch = name.split(_OWN)[0].rpartition(".")[2]
         return "head (replaces the original)" if branch in ("classify", "segment") else f"adapters on {branch}"

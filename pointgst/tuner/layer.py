@@ -110,6 +110,18 @@ class HeadLayer(ModuleLayer):
         return active[-1][1](*args)
 
 
+class ForwardLayer(ModuleLayer):
+    """Wraps the backbone's ``pipeline`` handle and runs the active adapter's ``forward`` method module instead:
+    ``module(backbone, points (B, N, 3)) -> logits``, with the backbone that owns the handle. An active adapter without
+    a module here (another method) gets the backbone's own computation."""
+
+    def forward(self, points: Tensor) -> Tensor:
+        active = self._active_modules()
+        if not active:
+            return self.base_layer(points)
+        return active[-1][1](self.base_layer.fn.__self__, points)
+
+
 class CarrierLayer(nn.Module, PointGSTLayer):
     """Wraps a handle without changing what it computes: the target that marks a model as adapted where no other
     module is (a head-only adapter of a segmentation model, which has no cls token to copy). Owns no parameters; a

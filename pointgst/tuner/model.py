@@ -5,15 +5,24 @@ from typing import Optional
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from pointgst.adapters import HEAD, PARALLEL
+from pointgst.adapters import FORWARD, HEAD, METHODS, PARALLEL
 
 from .config import PointGSTConfig
-from .layer import CarrierLayer, HeadLayer, NormStatsLayer, ParallelAdapterLayer, PointGSTLayer, SpecialTokensLayer
+from .layer import (
+    CarrierLayer,
+    ForwardLayer,
+    HeadLayer,
+    NormStatsLayer,
+    ParallelAdapterLayer,
+    PointGSTLayer,
+    SpecialTokensLayer,
+)
 
 BRANCHES = {"ffn": ("ffn_branch",), "ffn+attn": ("ffn_branch", "attn_branch")}
 SPECIAL_TOKENS = "special_tokens"
 CLASSIFY = "classify"
 SEGMENT = "segment"
+PIPELINE = "pipeline"
 #: the handle a head method replaces, per backbone task
 HEAD_HANDLES = {"classification": CLASSIFY, "segmentation": SEGMENT}
 
@@ -21,7 +30,7 @@ HEAD_HANDLES = {"classification": CLASSIFY, "segmentation": SEGMENT}
 def default_target_modules(model: nn.Module, config: PointGSTConfig) -> list[str]:
     """Names of the handles and modules a config adapts in ``model`` (a pointgst backbone): the branches of every
     transformer block for a parallel method, the head handle of the model's task for a head method (``classify``, or
-    a segmentation model's ``segment``), always the cls tokens (each adapter owns copies; a segmentation model has
+    a segmentation model's ``segment``), the ``pipeline`` handle for a ``forward`` method, always the cls tokens (each adapter owns copies; a segmentation model has
     none, and its ``segment`` handle is always a target instead, so that a head-only adapter has one too), and with
     ``bn_stats="update"`` every frozen BatchNorm outside the head."""
     names = [SPECIAL_TOKENS] if model.num_special_tokens else [SEGMENT]
@@ -29,6 +38,8 @@ def default_target_modules(model: nn.Module, config: PointGSTConfig) -> list[str
         blocks = {id(block) for block in model.transformer_blocks}  # the extractor's blocks, not a generator's
         names += [f"{name}.{branch}" for name, module in model.named_modules() if id(module) in blocks
                   for branch in BRANCHES[config.placement]]
+    if config.part(FORWARD)[0] is not None:
+        names.append(PIPELINE)
     if config.part(HEAD)[0] is not None:
         if HEAD_HANDLES[model.task] not in names:
             names.append(HEAD_HANDLES[model.task])
@@ -51,6 +62,11 @@ class PointGSTModel(BaseTuner):
         if not hasattr(model, "transformer_blocks") or not hasattr(model, SPECIAL_TOKENS):
             raise ValueError(f"{type(model).__name__} is not a pointgst backbone; create one with "
                              "pointgst.create_backbone(name) or pass its name to pointgst.wrap")
+        for spec in METHODS.parts(config.method):
+            if not spec.supports(model.architecture):
+                others = [n for n in METHODS.names(combinations=False) if METHODS[n].supports(model.architecture)]
+                raise ValueError(f"{spec.name} runs on {', '.join(spec.backbones)} backbones (ACT and ReCon load as "
+                                 f"point_mae), not on {model.architecture}; on it choose one of {', '.join(others)}")
 
     def _prepare_adapter_config(self, peft_config: PointGSTConfig, model_config: dict) -> PointGSTConfig:
         """Targets, saved modules and the backbone record come from the backbone itself (first adapter and
@@ -63,8 +79,9 @@ class PointGSTModel(BaseTuner):
                              f"divisors of {groups} or another num_group")
         if peft_config.target_modules is None:
             peft_config.target_modules = default_target_modules(self.model, peft_config)
-        if peft_config.modules_to_save is None:  # a head method replaces the head: nothing of the old one trains
-            peft_config.modules_to_save = [] if peft_config.part(HEAD)[0] else list(self.model.head_modules)
+        if peft_config.modules_to_save is None:  # a head or forward method has its own head: the old one is unused
+            own_head = peft_config.part(HEAD)[0] or peft_config.part(FORWARD)[0]
+            peft_config.modules_to_save = [] if own_head else list(self.model.head_modules)
         peft_config.backbone_options = {"architecture": self.model.architecture,
                                         "num_classes": self.model.num_classes, **self.model.grouping_options}
         return peft_config
@@ -88,6 +105,8 @@ class PointGSTModel(BaseTuner):
             layer = target
         elif target_name == SPECIAL_TOKENS:
             layer = SpecialTokensLayer(target)
+        elif target_name == PIPELINE:
+            layer = ForwardLayer(target)
         elif head:
             layer = HeadLayer(target)
         elif target_name == SEGMENT:
@@ -99,8 +118,9 @@ class PointGSTModel(BaseTuner):
         reference = next(self.model.parameters())
         if isinstance(layer, HeadLayer) and not head:
             pass  # an adapter without a head method keeps the original step (the layer holds no module for it)
-        elif isinstance(layer, (ParallelAdapterLayer, HeadLayer)):
-            spec, options = peft_config.part(PARALLEL if isinstance(layer, ParallelAdapterLayer) else HEAD)
+        elif isinstance(layer, (ParallelAdapterLayer, HeadLayer, ForwardLayer)):
+            kind = {ParallelAdapterLayer: PARALLEL, HeadLayer: HEAD, ForwardLayer: FORWARD}[type(layer)]
+            spec, options = peft_config.part(kind)
             layer.update_layer(adapter_name, spec.build(self.model, options).to(reference.device, reference.dtype))
         elif isinstance(layer, SpecialTokensLayer):
             layer.update_layer(adapter_name, trainable=peft_config.train_cls_tokens)
@@ -125,5 +145,5 @@ class PointGSTModel(BaseTuner):
         return super()._unload_and_optionally_merge(merge=False, *args, **kwargs)
 
 
-__all__ = ["BRANCHES", "CLASSIFY", "HEAD_HANDLES", "PointGSTModel", "SEGMENT", "SPECIAL_TOKENS",
+__all__ = ["BRANCHES", "CLASSIFY", "HEAD_HANDLES", "PIPELINE", "PointGSTModel", "SEGMENT", "SPECIAL_TOKENS",
            "default_target_modules"]

@@ -138,7 +138,8 @@ class PointPeftModel(PeftModel):
             return {}
         state = self.state_dict()
         covered = {official_name(k) for k in state if is_backbone_copy(k) and f".{adapter_name}." in f".{k}."}
-        if any(".classify.pointgst_module." in k or ".segment.pointgst_module." in k for k in state):  # head unused
+        own_head = (".classify.pointgst_module.", ".segment.pointgst_module.", ".pipeline.pointgst_module.")
+        if any(marker in k for k in state for marker in own_head):  # the backbone's head is unused
             covered |= {backbone_name(k) for k in backbone.state_dict() if k.startswith(backbone.head_prefixes)}
         own = backbone.state_dict()
         return {key: own[key].detach().contiguous().cpu() for key in report.missing_keys

@@ -1,0 +1,40 @@
+"""The base of a ``forward`` method's module (``docs/design.md``, "Methods"): the methods that change what the
+backbone computes from the input on (DAPT, IDPT, GAPrompt, PPT) rather than adding beside a residual branch.
+
+Such a module holds every tensor its method adds or retrains (prompts, scale-and-shift factors, adapters, its own
+head, copies of retrained backbone layers) and never the backbone itself: the tuner calls it with the frozen backbone,
+whose grouping, patch encoder, positional embedding, blocks and norm it runs (their BatchNorm statistics as the tuner
+keeps them, the cls token and position through ``backbone.special_tokens()``, each adapter's trainable copies).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+#: the classifiers a forward method runs on today (ACT and ReCon load as point_mae); a method lists them in its
+#: registry entry's ``backbones``
+POINT_MAE_FAMILY = ("point_mae", "point_mae_tiny")
+
+
+class WholeForward(nn.Module):
+    """A ``forward`` method's module: ``forward(backbone, points (B, N, 3)) -> logits (B, classes)``.
+
+    Subclasses implement :meth:`forward` and :meth:`official_names` (this module's state-dict keys -> the keys of the
+    same tensors in the method's official fine-tuned checkpoint, for ``pointgst convert``).
+    """
+
+    def forward(self, backbone: Any, points: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def official_names(self) -> dict[str, str]:
+        """Own state-dict key -> official checkpoint key, for every tensor of this module."""
+        raise NotImplementedError
+
+
+def check_point_mae_family(backbone: Any, method: str) -> None:
+    """Refuse a backbone that is not a Point-MAE-family classifier (``point_mae``, ACT, ReCon, ``point_mae_tiny``)."""
+    if backbone.architecture not in POINT_MAE_FAMILY:
+        raise ValueError(f"{method} runs on {', '.join(POINT_MAE_FAMILY)} backbones (ACT and ReCon load as "
+                         f"point_mae), not on {backbone.architecture}")
