@@ -3,7 +3,7 @@
 Adding a method = adding its folder (config dataclass, module, ``METHOD`` spec) and one line below.
 """
 
-from . import dcnv4, deepla, lora, pcsa
+from . import dapt, dcnv4, deepla, gaprompt, idpt, lora, pcsa, ppt
 from .baselines import FULL_FINE_TUNING, LINEAR
 from .dcnv4 import DCNv4, DCNv4Config, DeformablePointLayer
 from .deepla import DeepLAHead, DeepLAHeadConfig
@@ -29,6 +29,10 @@ METHODS = Registry([
     lora.METHOD,
     LINEAR,
     FULL_FINE_TUNING,
+    dapt.METHOD,
+    ppt.METHOD,
+    gaprompt.METHOD,
+    idpt.METHOD,
 ])
 
 

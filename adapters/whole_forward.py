@@ -32,9 +32,8 @@ class WholeForward(nn.Module):
         """Own state-dict key -> official checkpoint key, for every tensor of this module."""
         raise NotImplementedError
 
+    def official_aliases(self) -> dict[str, str]:
+        """Second keys under which the official checkpoint saves some of the same tensors (a module registered twice)
+        -> the key of :meth:`official_names` each repeats; ``pointgst convert`` checks they are equal."""
+        return {}
 
-def check_point_mae_family(backbone: Any, method: str) -> None:
-    """Refuse a backbone that is not a Point-MAE-family classifier (``point_mae``, ACT, ReCon, ``point_mae_tiny``)."""
-    if backbone.architecture not in POINT_MAE_FAMILY:
-        raise ValueError(f"{method} runs on {', '.join(POINT_MAE_FAMILY)} backbones (ACT and ReCon load as "
-                         f"point_mae), not on {backbone.architecture}")

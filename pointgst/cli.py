@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--arch", choices=["point_mae", "point_mae_tiny", "pointgpt_s", "pointgpt_b", "pointgpt_l"],
                          help="architecture (detected from the keys when omitted)")
     convert.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir")
+    convert.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                         help="a method option the checkpoint's shapes do not record (DAPT, IDPT, GAPrompt, PPT "
+                              "checkpoints; e.g. --option perturbation=0.8 --option propagation=after_attention for "
+                              "GAPrompt on PB_T50_RS); repeatable")
     convert.set_defaults(run=convert_command)
     params = commands.add_parser("params", help="trainable-parameter report of a backbone + tuning method")
     params.add_argument("name", help="architecture or pretrained tag (e.g. point_mae.pretrain), or a recipe (name or "

@@ -8,9 +8,18 @@ from pathlib import Path
 
 
 def convert_command(args: argparse.Namespace) -> None:
+    import yaml
+
     from pointgst.converting import convert_checkpoint
 
-    out = convert_checkpoint(args.file, args.out_dir, architecture=args.arch, overwrite=args.overwrite)
+    options = {}
+    for item in args.option:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"--option {item!r}: expected NAME=VALUE, e.g. --option perturbation=0.8")
+        options[name.strip()] = yaml.safe_load(value)
+    out = convert_checkpoint(args.file, args.out_dir, architecture=args.arch, overwrite=args.overwrite,
+                             options=options)
     if (out / "adapter").is_dir():
         print(f"wrote {out}: a fine-tuned model; load it with pointgst.load_adapter({str(out / 'adapter')!r})")
     else:

@@ -34,18 +34,24 @@ BACKBONE_DIR, ADAPTER_DIR = "backbone", "adapter"
 
 
 def convert_checkpoint(file: str | os.PathLike, out_dir: str | os.PathLike, *, architecture: str | None = None,
-                       overwrite: bool = False) -> Path:
+                       overwrite: bool = False, options: dict | None = None) -> Path:
     """Convert an official checkpoint (``.pth`` or torch-pointcloud ``model.safetensors``) into ``out_dir``: a
     weights folder for ``create_backbone(arch, pretrained=out_dir)``, or for a PointGST fine-tuned checkpoint
     ``out_dir/backbone`` + ``out_dir/adapter`` for ``load_adapter(out_dir / "adapter")``. Nothing is written unless
-    the whole conversion succeeds; a folder holding other files needs ``overwrite=True`` (they are kept)."""
+    the whole conversion succeeds; a folder holding other files needs ``overwrite=True`` (they are kept).
+    ``options``: method options that a DAPT / IDPT / GAPrompt / PPT checkpoint's shapes do not record (they win over
+    what the shapes give)."""
     file = Path(file)
     state = read_official_state(file, architecture)
+    spec = official_method(state)
+    if options and spec is None:
+        raise ValueError(f"{file} is not a DAPT, IDPT, GAPrompt or PPT checkpoint: method options do not apply to it; "
+                         "convert it without --option")
     if any(_OFFICIAL_ADAPTER_KEY.match(key) for key in state):
         return convert_pointgst_state(state, file, out_dir, architecture=architecture, overwrite=overwrite)
-    spec = official_method(state)
     if spec is not None:
-        return convert_method_state(state, spec, file, out_dir, architecture=architecture, overwrite=overwrite)
+        return convert_method_state(state, spec, file, out_dir, architecture=architecture, overwrite=overwrite,
+                                    options=options)
     out, report = convert_backbone_state(state, file, out_dir, architecture=architecture, overwrite=overwrite)
     logging.getLogger("pointgst").info("%s", report)
     return out
@@ -98,14 +104,17 @@ def official_method(state: dict[str, Tensor]) -> MethodSpec | None:
 
 
 def convert_method_state(state: dict[str, Tensor], spec: MethodSpec, file: Path, out_dir: str | os.PathLike, *,
-                         architecture: str | None = None, overwrite: bool = False) -> Path:
+                         architecture: str | None = None, overwrite: bool = False,
+                         options: dict | None = None) -> Path:
     """Write ``out_dir/backbone`` and ``out_dir/adapter`` (``official`` preset) from the state of a ``forward``
     method's official fine-tuned checkpoint ``file``.
 
     Every key the backbone has (with the same shape) goes to the backbone folder, the frozen weights with the
     BatchNorm statistics that drifted in official training; the method module takes its own tensors by its
     ``official_names`` (a retrained backbone layer's copy too), the adapter the cls token and position and the
-    statistics. A key neither takes, or a module tensor the file lacks, is an error.
+    statistics. A key neither takes, or a module tensor the file lacks, is an error; a key the module names as a
+    second copy of one of its tensors (``official_aliases``) must equal it. ``options`` win over the
+    options the file's shapes give.
     """
     arch = architecture or detect_architecture(state)
     backbone = ARCHITECTURES[arch](num_classes=head_classes(state) or 40, skip_near_origin=True)
@@ -118,13 +127,14 @@ def convert_method_state(state: dict[str, Tensor], spec: MethodSpec, file: Path,
     backbone.load_state_dict(from_file, strict=False)
     clean_state = {k: v.clone() for k, v in backbone.state_dict().items() if k in from_file}
     backbone.name_or_path = f"../{BACKBONE_DIR}"
-    options = spec.options_from_official(state) if spec.options_from_official else {}
+    options = {**(spec.options_from_official(state) if spec.options_from_official else {}), **(options or {})}
     model = wrap(backbone, method=spec.name, preset="official", **options)
     module = model.base_model.model.pipeline.pointgst_module["default"]
-    names = module.official_names()
+    names, aliases = module.official_names(), module.official_aliases()
     absent = sorted(v for v in names.values() if v not in state)
-    unknown = sorted(set(state) - set(from_file) - set(names.values()))
+    unknown = sorted(set(state) - set(from_file) - set(names.values()) - set(aliases))
     wrong = [k for k, v in names.items() if v in state and state[v].shape != module.state_dict()[k].shape]
+    wrong += [a for a, twin in aliases.items() if a in state and not (twin in state and state[a].equal(state[twin]))]
     if absent or unknown or wrong:
         raise CheckpointError(f"{file}: the {spec.name} tensors do not fit {arch} with options {options} (missing: "
                               f"{absent[:3]}; unknown: {unknown[:3]}; other shapes: {wrong[:3]})")

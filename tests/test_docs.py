@@ -19,7 +19,8 @@ Citation grammar (what counts as a citation, and what it must resolve to):
 * ``design contract N`` -> a heading ``N.`` in ``docs/design.md``.
 * A bare ``Qn`` (not part of a citation above) -> quirk ``Qn`` of ``docs/official.md``.
 
-Every citation must name a file directly in ``docs/`` (``<name>.md`` or ``docs/<name>.md``); a path anywhere else
+Every citation must name a file in ``docs/`` (``<name>.md`` or ``docs/<name>.md`` for a file directly in it,
+``docs/<folder>/<name>.md`` for one in a subfolder such as ``docs/peft_methods/``); a path anywhere else
 is an error, except ``README.md`` and ``MODEL_CARD.md`` files, which may be named anywhere in the repository. Other
 ``.md`` mentions (output files such as ``benchmarks/RESULTS.md``) are not citations.
 """
@@ -117,8 +118,8 @@ def _resolve(document: str) -> Path | None:
     for prefix in (str(ROOT) + "/", "./"):
         if path.startswith(prefix):
             path = path[len(prefix):]
-    if path.startswith("docs/"):
-        path = path[len("docs/"):]
+    if path.startswith("docs/"):  # a path under docs/ may name a subfolder (docs/peft_methods/dapt.md)
+        return DOCS / path[len("docs/"):]
     return None if "/" in path else DOCS / path
 
 
@@ -127,9 +128,9 @@ def problems(citation: Citation) -> str | None:
     if target is None:
         return f"{citation.source}: {citation.text!r} names a document outside docs/"
     if not target.is_file():
-        return f"{citation.source}: {citation.text!r}: docs/{target.name} does not exist"
+        return f"{citation.source}: {citation.text!r}: docs/{target.relative_to(DOCS)} does not exist"
     if citation.label is not None and not _heading_exists(target, citation.label):
-        return f"{citation.source}: {citation.text!r}: docs/{target.name} has no heading for {citation.label}"
+        return f"{citation.source}: {citation.text!r}: docs/{target.relative_to(DOCS)} has no heading for {citation.label}"
     return None
 
 
@@ -167,6 +168,7 @@ def test_grammar_examples():
     assert [_label(r) for r in REF.findall("§4.5, §4.6, Q11, part B, section A, C.4")] == \
         ["4.5", "4.6", "Q11", "B", "A", "C.4"]
     assert _resolve("../shared/docs/official.md") is None and _resolve("docs/official.md") == DOCS / "official.md"
+    assert _resolve("docs/peft_methods/dapt.md") == DOCS / "peft_methods" / "dapt.md" and _resolve("x/dapt.md") is None
 
 
 def test_docs_cross_references_resolve():
