@@ -13,9 +13,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-#: the classifiers a forward method runs on today (ACT and ReCon load as point_mae); a method lists them in its
+#: the classifiers of each family (ACT and ReCon load as point_mae); a forward method lists those it runs on in its
 #: registry entry's ``backbones``
 POINT_MAE_FAMILY = ("point_mae", "point_mae_tiny")
+POINTGPT_FAMILY = ("pointgpt_s", "pointgpt_b", "pointgpt_l")
 
 
 class WholeForward(nn.Module):

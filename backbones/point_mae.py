@@ -125,14 +125,18 @@ class PointMAE(PointBackbone):
     def transformer_blocks(self) -> list[nn.Module]:
         return list(self.blocks.blocks)
 
-    def forward_tokens(self, points: Tensor) -> tuple[Tensor, TokenGeometry]:
-        neighborhood, centers = self.group(points)
-        geometry = TokenGeometry(centers, self.num_special_tokens)
-        tokens = self.encoder(neighborhood)  # (B, G, C)
+    def sequence(self, tokens: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
+        """Point tokens (B, G, C) and their centres (B, G, 3) -> the blocks' input ``[cls, t_1..t_G]`` and its
+        positions ``[cls_pos, pos_embed(c_1)..]``, each (B, 1 + G, C) (a forward method builds on it)."""
         b = tokens.shape[0]
         cls_token, cls_pos = self.special_tokens()
         x = torch.cat([cls_token.expand(b, -1, -1), tokens], dim=1)
-        pos = torch.cat([cls_pos.expand(b, -1, -1), self.pos_embed(centers)], dim=1)
+        return x, torch.cat([cls_pos.expand(b, -1, -1), self.pos_embed(centers)], dim=1)
+
+    def forward_tokens(self, points: Tensor) -> tuple[Tensor, TokenGeometry]:
+        neighborhood, centers = self.group(points)
+        geometry = TokenGeometry(centers, self.num_special_tokens)
+        x, pos = self.sequence(self.encoder(neighborhood), centers)
         return self.norm(self.blocks(x, pos, geometry)), geometry
 
     def pool(self, tokens: Tensor) -> Tensor:

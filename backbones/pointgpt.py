@@ -5,6 +5,7 @@ parameters with 15 classes, the generator branch included)."""
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pointgst.geometry import TokenGeometry
@@ -70,6 +71,20 @@ class GPTBlock(nn.Module):
         t = x.shape[1]
         causal = torch.triu(torch.ones(t, t, dtype=torch.bool, device=x.device), diagonal=1)
         return self.attn(x, x, x, attn_mask=causal, need_weights=False)[0]
+
+    def qkv(self, x: Tensor) -> Tensor:
+        """The packed q/k/v projection of the attention: (B, T, C) -> (B, T, 3C) (a method that rescales the
+        projections, such as DAPT, runs ``attn.out_proj(attend(f(qkv(x))))``)."""
+        return F.linear(x, self.attn.in_proj_weight, self.attn.in_proj_bias)
+
+    def attend(self, qkv: Tensor) -> Tensor:
+        """Causal attention over packed projections, before ``attn.out_proj``: (B, T, 3C) -> (B, T, C).
+        ``attn.out_proj(attend(qkv(x)))`` equals the block's attention up to float rounding."""
+        b, t, c3 = qkv.shape
+        heads = self.attn.num_heads
+        q, k, v = qkv.reshape(b, t, 3, heads, c3 // 3 // heads).permute(2, 0, 3, 1, 4)
+        x = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, heads, T, head_dim)
+        return x.transpose(1, 2).reshape(b, t, c3 // 3)
 
     def _feed_forward(self, x: Tensor, geometry: TokenGeometry | None = None) -> Tensor:
         return self.mlp(self.ln_2(x))
@@ -157,16 +172,22 @@ class PointGPT(PointBackbone):
         so it is not adapted."""
         return [f"blocks.layers.{i}.attn.in_proj_weight" for i in range(self.depth)]
 
-    def _extract(self, points: Tensor) -> tuple[Tensor, Tensor, TokenGeometry]:
-        """points -> (ln_f output (B, L+2, C) for [sos, cls, t_1..t_L], neighborhood, geometry)."""
-        neighborhood, centers = self.group(points)
-        geometry = TokenGeometry(centers, self.num_special_tokens)
-        tokens = self.encoder(neighborhood)
+    def sequence(self, tokens: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
+        """Point tokens (B, L, C) and their centres (B, L, 3) (in the chain order of :meth:`group`) -> the layers'
+        input ``[sos, cls, t_1..t_L]`` and its positions ``[cls_pos, sos_pos, PE(c_1)..]`` (the official swap), each
+        (B, 2 + L, C) (a forward method builds on it)."""
         b = tokens.shape[0]
         cls_token, cls_pos = self.special_tokens()
         h = torch.cat([self.blocks.sos.expand(b, 1, -1), cls_token.expand(b, -1, -1), tokens], dim=1)
         pos = torch.cat([cls_pos.expand(b, -1, -1), self.sos_pos.expand(b, -1, -1),
                          self.pos_embed(centers)], dim=1)
+        return h, pos
+
+    def _extract(self, points: Tensor) -> tuple[Tensor, Tensor, TokenGeometry]:
+        """points -> (ln_f output (B, L+2, C) for [sos, cls, t_1..t_L], neighborhood, geometry)."""
+        neighborhood, centers = self.group(points)
+        geometry = TokenGeometry(centers, self.num_special_tokens)
+        h, pos = self.sequence(self.encoder(neighborhood), centers)
         return self.blocks.run_layers(h, pos, geometry), neighborhood, geometry
 
     def forward_tokens(self, points: Tensor) -> tuple[Tensor, TokenGeometry]:

@@ -42,7 +42,7 @@ from pointgst.recipe import load_recipe, parse_folds
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "fewshot-5w10s.point_mae_tiny"
-METHODS = ("linear", "pcsa", "dcnv4", "deepla_head", "lora", "full")
+METHODS = ("linear", "pcsa", "dcnv4", "deepla_head", "lora", "full", "dapt", "idpt", "gaprompt", "ppt")
 SETTINGS = {"5w10s": (5, 10), "5w20s": (5, 20), "10w10s": (10, 10), "10w20s": (10, 20)}
 WARMUP_STEPS = 10
 

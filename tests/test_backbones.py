@@ -262,3 +262,17 @@ def test_cuda_matches_cpu(clouds):
         cpu = model(clouds)
         gpu = model.cuda()(clouds.cuda()).cpu()
     torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_pointgpt_block_attention_in_parts_equals_its_multihead_attention():
+    """``attn.out_proj(attend(qkv(x)))``, the parts a method such as DAPT rescales, is the block's causal attention."""
+    from pointgst.backbones.pointgpt import GPTBlock
+
+    torch.manual_seed(0)
+    block = GPTBlock(96, 4).eval()
+    x = torch.randn(2, 19, 96)
+    parts = block.attn.out_proj(block.attend(block.qkv(x)))
+    assert (parts - block.attn_branch(x, None)).abs().max().item() <= 1e-6
+    changed = x.clone()
+    changed[:, -1] += 1.0  # causal: the last token cannot change any earlier output
+    assert torch.equal(block.attend(block.qkv(changed))[:, :-1], block.attend(block.qkv(x))[:, :-1])
