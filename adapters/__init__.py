@@ -1,6 +1,7 @@
 """Tuning methods, one folder each, and the registry that names them (``docs/design.md``, "Methods").
 
-Adding a method = adding its folder (config dataclass, module, ``METHOD`` spec) and one line below.
+Adding a method = adding its folder (config dataclass, module, ``METHOD`` spec) and one line below. The ``forward``
+methods (DAPT, IDPT, GAPrompt, PPT) are each described in ``docs/peft_methods/``.
 """
 
 from . import dapt, dcnv4, deepla, gaprompt, idpt, lora, pcsa, ppt
@@ -26,13 +27,13 @@ METHODS = Registry([
     pcsa.METHOD,
     dcnv4.METHOD,
     deepla.METHOD,
+    dapt.METHOD,
+    idpt.METHOD,
+    gaprompt.METHOD,
+    ppt.METHOD,
     lora.METHOD,
     LINEAR,
     FULL_FINE_TUNING,
-    dapt.METHOD,
-    ppt.METHOD,
-    gaprompt.METHOD,
-    idpt.METHOD,
 ])
 
 

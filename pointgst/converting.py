@@ -120,12 +120,13 @@ def convert_method_state(state: dict[str, Tensor], spec: MethodSpec, file: Path,
     backbone = ARCHITECTURES[arch](num_classes=head_classes(state) or 40, skip_near_origin=True)
     own = backbone.state_dict()
     from_file = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in own if k not in from_file and not k.startswith(backbone.head_prefixes)]
+    unused = backbone.unused_in_forward  # e.g. PointGPT's generator, which PointGST's DAPT checkpoints lack
+    missing = [k for k in own if k not in from_file and not k.startswith(backbone.head_prefixes + unused)]
     if missing:
         raise CheckpointError(f"{file}: not a {spec.name} checkpoint of {arch}: {len(missing)} backbone tensors are "
                               f"missing, e.g. {missing[:3]}; pass the right --arch")
     backbone.load_state_dict(from_file, strict=False)
-    clean_state = {k: v.clone() for k, v in backbone.state_dict().items() if k in from_file}
+    clean_state = {k: v.clone() for k, v in backbone.state_dict().items() if k in from_file or k.startswith(unused)}
     backbone.name_or_path = f"../{BACKBONE_DIR}"
     options = {**(spec.options_from_official(state) if spec.options_from_official else {}), **(options or {})}
     model = wrap(backbone, method=spec.name, preset="official", **options)

@@ -109,12 +109,9 @@ class ReferenceDAPT(nn.Module):
         return self.cls_head_finetune(torch.cat(features, dim=-1))
 
 
-def trained_reference(num_classes: int, num_group: int, *, rank: int, head: tuple[str, str, str],
-                      **sizes: int) -> ReferenceDAPT:
-    """A reference model in eval mode with every tensor non-trivial, as after official training: seeded noise on
-    every weight (the zero-initialised up projections, biases and shifts too), drifted BatchNorm statistics."""
-    torch.manual_seed(5)
-    model = ReferenceDAPT(num_classes, num_group, rank=rank, head=head, **sizes)
+def as_trained(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with every tensor non-trivial, as after official training: seeded noise on every weight
+    (the zero-initialised up projections, biases and shifts too), drifted BatchNorm statistics."""
     generator = torch.Generator().manual_seed(6)
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
@@ -125,3 +122,10 @@ def trained_reference(num_classes: int, num_group: int, *, rank: int, head: tupl
             elif tensor.is_floating_point():
                 tensor.add_(torch.randn(tensor.shape, generator=generator) * 0.05)
     return model.eval()
+
+
+def trained_reference(num_classes: int, num_group: int, *, rank: int, head: tuple[str, str, str],
+                      **sizes: int) -> ReferenceDAPT:
+    """A Point-MAE reference model as after official training (:func:`as_trained`), in eval mode."""
+    torch.manual_seed(5)
+    return as_trained(ReferenceDAPT(num_classes, num_group, rank=rank, head=head, **sizes))

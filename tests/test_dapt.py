@@ -172,6 +172,8 @@ def test_head_input_slices_the_cls_token_the_prompts_and_the_patches():
     assert torch.equal(module.head_input(x, 32), expected)
     only_prompts = DAPT(8, 4, 32, 5, DAPTConfig(class_token=False, prompt_token="mean", patch_token="none"))
     assert torch.equal(only_prompts.head_input(x, 32), x[:, 1:5].mean(dim=1))
+    joint = DAPT(8, 4, 32, 5, DAPTConfig(prompt_token="joint", patch_token="max"))
+    assert torch.equal(joint.head_input(x, 32), torch.cat([x[:, 0], x[:, 1:].max(dim=1).values], dim=-1))
 
 
 def test_eval_forward_is_deterministic_and_per_sample():
@@ -233,10 +235,10 @@ def test_bad_options_say_what_is_wrong(options, message):
         pointgst.wrap(ARCHITECTURES["point_mae_tiny"](**TINY), method="dapt", **options)
 
 
-def test_a_pointgpt_backbone_is_refused_with_the_alternatives():
-    pointgpt = ARCHITECTURES["pointgpt_s"](num_classes=5, num_group=32, group_size=16)
-    with pytest.raises(ValueError, match=r"dapt runs on point_mae, point_mae_tiny .*not on pointgpt_s; .*pcsa"):
-        pointgst.wrap(pointgpt, method="dapt")
+def test_a_segmentation_backbone_is_refused_with_the_alternatives():
+    segmentation = ARCHITECTURES["point_mae_tiny_seg"](num_group=32, group_size=16)
+    with pytest.raises(ValueError, match=r"dapt runs on point_mae, .*pointgpt_l .*not on point_mae_tiny_seg; .*pcsa"):
+        pointgst.wrap(segmentation, method="dapt")
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

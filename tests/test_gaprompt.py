@@ -232,7 +232,7 @@ def test_bad_options_and_backbones_fail_in_one_line():
     with pytest.raises(ValueError, match="group_size // 2 <= num_group"):
         pointgst.wrap(pointgst.create_backbone("point_mae_tiny", num_group=4, group_size=32), method="gaprompt")
     with pytest.raises(ValueError, match="gaprompt runs on"):
-        pointgst.wrap(pointgst.create_backbone("pointgpt_s", num_group=32, group_size=16), method="gaprompt")
+        pointgst.wrap(pointgst.create_backbone("point_mae_tiny_seg", num_group=32, group_size=16), method="gaprompt")
     model = pointgst.wrap(small_point_mae(), method="gaprompt").eval()
     with pytest.raises(ValueError, match="points must have shape"):
         model(torch.zeros(2, 256))

@@ -225,7 +225,7 @@ def test_the_official_preset_keeps_the_module_and_lets_the_encoder_statistics_dr
     ({"k": 33}, "point_mae_tiny", r"k=33 feature-space neighbours need at least 33 point tokens.*num_group=32"),
     ({"k": 0}, "point_mae_tiny", r"k must be an int >= 1"),
     ({"head_input": "cls+prompt+mean"}, "point_mae_tiny", r"unknown head_input 'cls\+prompt\+mean'; choose one of"),
-    ({}, "pointgpt_s", r"idpt runs on point_mae.*not on pointgpt_s"),
+    ({}, "point_mae_tiny_seg", r"idpt runs on point_mae.*pointgpt_l backbones.*not on point_mae_tiny_seg"),
 ])
 def test_bad_options_raise_one_clear_error(options, arch, message):
     with pytest.raises(ValueError, match=message) as error:

@@ -1,5 +1,6 @@
 """DAPT's trainable pieces: the scale-and-shift factors and the dynamic adapter (``docs/peft_methods/dapt.md`` §2),
-and one block's set of them, which runs a frozen Point-MAE block with them (§3)."""
+one block's set of them, and the Point-MAE block that runs a frozen Point-MAE block with them (§3); the PointGPT
+block is in ``gpt.py`` (§9)."""
 
 from __future__ import annotations
 
@@ -55,20 +56,34 @@ class DynamicAdapter(nn.Module):
         return self.up(self.dropout(F.gelu(self.down(h)))) * F.relu(self.scale(h))
 
 
-class DAPTBlock(nn.Module):
-    """One block's DAPT tensors: scale-and-shift after ``norm1``, ``qkv``, ``proj``, ``norm2``, ``fc1`` and ``fc2``,
-    a dynamic adapter parallel to the MLP, and the scale-and-shift of the internal prompt this block makes."""
+class BlockFactors(nn.Module):
+    """The DAPT tensors every family's block has: scale-and-shift after the two norms and the two MLP layers, a
+    dynamic adapter parallel to the MLP, and the scale-and-shift of the internal prompt the block makes."""
 
     def __init__(self, dim: int, hidden: int, rank: int, dropout: float) -> None:
         super().__init__()
         self.norm1 = ScaleShift(dim)
-        self.qkv = ScaleShift(3 * dim)
-        self.proj = ScaleShift(dim)
         self.norm2 = ScaleShift(dim)
         self.fc1 = ScaleShift(hidden)
         self.fc2 = ScaleShift(dim)
         self.adapter = DynamicAdapter(dim, rank, dropout)
         self.prompt = ScaleShift(dim)
+
+    def insert_prompt(self, x: Tensor, adapted: Tensor, at: int) -> Tensor:
+        """x (B, T, C), the adapter's output ``adapted`` (B, T, C) -> (B, T + 1, C): x with this block's internal
+        prompt ``prompt(mean over all T tokens of GELU(adapted))`` inserted at index ``at``."""
+        prompt = self.prompt(F.gelu(adapted).mean(dim=1, keepdim=True))  # (B, 1, C)
+        return torch.cat([x[:, :at], prompt, x[:, at:]], dim=1)
+
+
+class DAPTBlock(BlockFactors):
+    """One Point-MAE block's DAPT tensors: :class:`BlockFactors` plus scale-and-shift after ``attn.qkv`` and
+    ``attn.proj``."""
+
+    def __init__(self, dim: int, hidden: int, rank: int, dropout: float) -> None:
+        super().__init__(dim, hidden, rank, dropout)
+        self.qkv = ScaleShift(3 * dim)
+        self.proj = ScaleShift(dim)
 
     def forward(self, block: Any, x: Tensor) -> Tensor:
         """Run the frozen Point-MAE ``block`` with this block's tensors on ``x`` (B, T, C), cls token first.
@@ -82,5 +97,4 @@ class DAPTBlock(nn.Module):
         h = self.norm2(block.norm2(x))
         adapted = self.adapter(h)  # (B, T, C)
         x = x + block.drop_path(self.fc2(mlp.fc2(mlp.act(self.fc1(mlp.fc1(h))))) + adapted)
-        prompt = self.prompt(F.gelu(adapted).mean(dim=1, keepdim=True))  # (B, 1, C): the mean over all T tokens
-        return torch.cat([x[:, :1], prompt, x[:, 1:]], dim=1)
+        return self.insert_prompt(x, adapted, at=1)

@@ -2,7 +2,7 @@
 (docs/peft_methods/gaprompt.md)."""
 
 from ..registry import FORWARD, MethodSpec
-from ..whole_forward import POINT_MAE_FAMILY
+from ..whole_forward import POINT_MAE_FAMILY, POINTGPT_FAMILY
 from .config import OFFICIAL_OPTIONS, GAPromptConfig
 from .module import GAPrompt, build, options_from_official
 
@@ -11,6 +11,6 @@ METHOD = MethodSpec(
     summary="GAPrompt: point prompts and a point-shifting ShiftNet on the input, deep prompts with prompt propagation "
             "and adapters in the blocks, shape feature, cls token + position, head",
     build=build, official_options=OFFICIAL_OPTIONS, official_marker=r"^shift_net\.",
-    options_from_official=options_from_official, backbones=POINT_MAE_FAMILY)
+    options_from_official=options_from_official, backbones=POINT_MAE_FAMILY + POINTGPT_FAMILY)
 
 __all__ = ["METHOD", "GAPrompt", "GAPromptConfig"]

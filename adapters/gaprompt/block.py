@@ -97,27 +97,29 @@ class GAPromptBlock(nn.Module):
         spread = interpolate(level.centres, level.coarse, pooled, PROPAGATION_NEIGHBORS, PROPAGATION_EPS)
         return torch.cat([tokens[:, :-g], tokens[:, -g:] + PROPAGATION_WEIGHT * spread], dim=1)
 
-    def forward(self, block: nn.Module, x: Tensor, pos: Tensor, level: CoarseLevel, *, shape: Tensor | None,
-                prompt_pos: Tensor, before_attention: bool, sample_mixing: bool) -> Tensor:
-        """One block: x, pos (B, 1 + G, C) -> (B, 1 + G, C), cls first.
+    def forward(self, block: nn.Module, drop_path: nn.Module, x: Tensor, pos: Tensor, level: CoarseLevel, *,
+                shape: Tensor | None, prompt_pos: Tensor, specials: int, before_attention: bool,
+                sample_mixing: bool) -> Tensor:
+        """One block: x, pos (B, S + G, C) -> (B, S + G, C), the S special tokens first (Point-MAE: cls; PointGPT: sos,
+        cls), ``drop_path`` the one the propagation uses.
 
         ``shape`` (B, 1, C), the shape feature, is given to the prompted blocks: they insert T prompts
-        ``prompt + 0.5 * shape + prompt_pos`` (prompt_pos (T, C)) after the cls token, run the block on 1 + T + G
-        tokens, drop the prompts again and feed ``x + 0.5 * shape`` to the adapter.
+        ``prompt + 0.5 * shape + prompt_pos`` (prompt_pos (T, C)) after the special tokens, run the block on
+        S + T + G tokens, drop the prompts again and feed ``x + 0.5 * shape`` to the adapter.
         """
         x = x + pos
-        cls, rest = x[:, :1], x[:, 1:]
+        special, rest = x[:, :specials], x[:, specials:]
         prompted = shape is not None
         if prompted:
             prompts = self.prompt_dropout(self.prompt_embeddings.expand(len(x), -1, -1))
             rest = torch.cat([prompts + self.scaler1 * shape + prompt_pos, rest], dim=1)
         if before_attention:
-            rest = self.propagate(block.drop_path, rest, level, sample_mixing)
-        x = block(torch.cat([cls, rest], dim=1))
-        cls, rest = x[:, :1], x[:, 1:]
+            rest = self.propagate(drop_path, rest, level, sample_mixing)
+        x = block(torch.cat([special, rest], dim=1))
+        special, rest = x[:, :specials], x[:, specials:]
         if not before_attention:
-            rest = self.propagate(block.drop_path, rest, level, sample_mixing)
+            rest = self.propagate(drop_path, rest, level, sample_mixing)
         if prompted:
             rest = rest[:, len(self.prompt_embeddings):]
         rest = rest + self.adapter(rest + self.scaler2 * shape if prompted else rest)
-        return torch.cat([cls, rest], dim=1)
+        return torch.cat([special, rest], dim=1)

@@ -1,8 +1,9 @@
-"""GAPrompt's module: the whole classification forward over a frozen Point-MAE-family backbone
-(docs/peft_methods/gaprompt.md §1)."""
+"""GAPrompt's module: the whole classification forward over a frozen Point-MAE- or PointGPT-family backbone
+(docs/peft_methods/gaprompt.md §1, §12)."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping
 
 import torch
@@ -12,6 +13,7 @@ from pointgst.backbones.layers import classification_head
 from pointgst.validation import model_input
 
 from ..whole_forward import WholeForward
+from . import family
 from .block import GAPromptBlock
 from .config import GAPromptConfig
 from .geometry import CoarseLevel
@@ -23,6 +25,10 @@ POINT_FACTOR, POINT_INIT = 5.0, 0.01
 PROMPT_COORD_STD = 0.06
 #: dropout in the shape-feature MLP and in the head
 SHAPE_DROPOUT, HEAD_DROPOUT = 0.25, 0.6
+#: why a PointGPT GAPrompt checkpoint has no official key layout to convert from (docs/peft_methods/gaprompt.md §12)
+NO_OFFICIAL_POINTGPT = ("gaprompt has no official PointGPT checkpoints (its official code runs on Point-MAE only), so "
+                        "pointgst convert cannot map one; convert a Point-MAE GAPrompt checkpoint, or train gaprompt "
+                        "on PointGPT with pointgst and load it with pointgst.load_adapter")
 
 
 class GAPrompt(WholeForward):
@@ -30,7 +36,8 @@ class GAPrompt(WholeForward):
 
     ShiftNet moves the points and gives the shape code; the point prompts join the moved cloud, which the backbone
     groups and encodes; the second grouping level of the token centres drives each block's prompt propagation; the
-    first ``prompt_depth`` blocks take deep prompts; the head reads ``[cls, max over point tokens, shape feature]``.
+    first ``prompt_depth`` blocks take deep prompts, inserted right after the special tokens; after the final norm
+    (and on PointGPT this module's copy of ``cls_norm``) the head reads ``[cls, max over point tokens, shape feature]``.
 
     Args:
         dim: the backbone's token width C.
@@ -38,9 +45,12 @@ class GAPrompt(WholeForward):
         num_classes: classes of the head.
         shift_groups: centres of ShiftNet's first level (its shape code has ``shift_groups // 2 * 8`` values).
         config: the method's options.
+        cls_norm: PointGPT's head norm, which this module then owns and trains (None on Point-MAE, whose head reads
+            the final norm's output directly).
     """
 
-    def __init__(self, dim: int, depth: int, num_classes: int, shift_groups: int, config: GAPromptConfig):
+    def __init__(self, dim: int, depth: int, num_classes: int, shift_groups: int, config: GAPromptConfig,
+                 cls_norm: nn.LayerNorm | None = None):
         super().__init__()
         self.shift_groups = shift_groups
         self.prompt_depth = min(config.prompt_depth, depth)
@@ -59,6 +69,7 @@ class GAPrompt(WholeForward):
         self.cls_head_finetune = classification_head(3 * dim, num_classes)
         for index in (3, 7):
             self.cls_head_finetune[index].p = HEAD_DROPOUT
+        self.cls_norm = cls_norm
 
     def forward(self, backbone: Any, points: Tensor) -> Tensor:
         grouper = backbone.group_divider
@@ -70,19 +81,24 @@ class GAPrompt(WholeForward):
         prompts = self.point_prompt.points.expand(len(points), -1, -1) * POINT_FACTOR
         neighborhood, centers = backbone.group(torch.cat([shifted, prompts], dim=1))
         level = CoarseLevel.of(centers, groups // 2, size // 2, skip)
-        tokens = backbone.encoder(neighborhood)  # (B, G, C)
-        cls_token, cls_pos = backbone.special_tokens()
-        x = torch.cat([cls_token.expand(len(tokens), -1, -1), tokens], dim=1)
-        pos = torch.cat([cls_pos.expand(len(tokens), -1, -1), backbone.pos_embed(centers)], dim=1)
+        x, pos = backbone.sequence(backbone.encoder(neighborhood), centers)  # (B, S + G, C), S special tokens
+        specials = backbone.num_special_tokens
         prompt_pos = backbone.pos_embed(self.prompt_cor)  # (T, C)
-        for index, (block, step) in enumerate(zip(backbone.blocks.blocks, self.blocks)):
-            x = step(block, x, pos, level, shape=shape if index < self.prompt_depth else None, prompt_pos=prompt_pos,
-                     before_attention=self.before_attention, sample_mixing=self.sample_mixing)
-        x = backbone.norm(x)
-        return self.cls_head_finetune(torch.cat([x[:, 0], x[:, 1:].max(dim=1).values, shape[:, 0]], dim=-1))
+        for index, ((block, drop_path), step) in enumerate(zip(family.blocks_with_drop_paths(backbone), self.blocks)):
+            x = step(block, drop_path, x, pos, level, shape=shape if index < self.prompt_depth else None,
+                     prompt_pos=prompt_pos, specials=specials, before_attention=self.before_attention,
+                     sample_mixing=self.sample_mixing)
+        x = family.final_norm(backbone)(x)
+        if self.cls_norm is not None:
+            x = self.cls_norm(x)
+        cls, point_tokens = x[:, specials - 1], x[:, specials:]
+        return self.cls_head_finetune(torch.cat([cls, point_tokens.max(dim=1).values, shape[:, 0]], dim=-1))
 
     def official_names(self) -> dict[str, str]:
-        """Own key -> official key: the per-block tensors sit under ``blocks.blocks.i``, the rest keeps its name."""
+        """Own key -> official key: the per-block tensors sit under ``blocks.blocks.i``, the rest keeps its name.
+        Refused on PointGPT: GAPrompt's official code runs on Point-MAE only, so no official layout exists there."""
+        if self.cls_norm is not None:  # the PointGPT path
+            raise ValueError(NO_OFFICIAL_POINTGPT)
         return {key: f"blocks.{key}" if key.startswith("blocks.") else key for key in self.state_dict()}
 
     def extra_repr(self) -> str:
@@ -91,8 +107,8 @@ class GAPrompt(WholeForward):
 
 
 def build(backbone: Any, config: GAPromptConfig) -> GAPrompt:
-    """GAPrompt for ``backbone`` (a Point-MAE-family classifier); refuses a grouping the two coarse levels cannot
-    split."""
+    """GAPrompt for ``backbone`` (a Point-MAE- or PointGPT-family classifier; on PointGPT with a trainable copy of
+    ``blocks.cls_norm``); refuses a grouping the two coarse levels cannot split."""
     groups, size = backbone.arch_config["num_group"], backbone.arch_config["group_size"]
     shift_groups = config.shift_groups or groups
     if groups < 2 or size < 2 or size // 2 > groups or size // 2 > shift_groups:
@@ -100,12 +116,16 @@ def build(backbone: Any, config: GAPromptConfig) -> GAPrompt:
                          f"ShiftNet's {shift_groups} centres into {shift_groups // 2} of {size // 2}: it needs "
                          "num_group >= 2, group_size >= 2 and group_size // 2 <= num_group and <= shift_groups; "
                          "create the backbone with more groups or a smaller group_size")
-    return GAPrompt(backbone.embed_dim, backbone.depth, backbone.num_classes, shift_groups, config)
+    cls_norm = copy.deepcopy(backbone.blocks.cls_norm) if family.on_pointgpt(backbone) else None
+    return GAPrompt(backbone.embed_dim, backbone.depth, backbone.num_classes, shift_groups, config, cls_norm)
 
 
 def options_from_official(state: Mapping[str, Tensor]) -> dict[str, Any]:
     """The options the shapes of an official GAPrompt checkpoint fix: point prompts, prompt tokens, adapter width and
-    ShiftNet's groups (its shape-feature MLP reads ``shift_groups // 2 * 8`` values)."""
+    ShiftNet's groups (its shape-feature MLP reads ``shift_groups // 2 * 8`` values). A PointGPT state (its blocks
+    under ``blocks.layers.``) is refused: no official PointGPT GAPrompt exists."""
+    if any(key.startswith("blocks.layers.") for key in state):
+        raise ValueError(NO_OFFICIAL_POINTGPT)
     return {"point_prompts": state["point_prompt.points"].shape[1], "prompt_tokens": state["prompt_cor"].shape[0],
             "adapter_dim": state["blocks.blocks.0.adapter.ln1.weight"].shape[0],
             "shift_groups": state["shape_feature_mlp.0.weight"].shape[1] // TOP_DIM * 2}

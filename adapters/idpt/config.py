@@ -18,7 +18,7 @@ class IDPTConfig:
     prompt_block: int = field(default=-1, metadata={
         "help": "the block before which the prompt is generated and inserted; negative counts from the end (-1: "
                 "before the last block). Official prompt_layer: 11 of 12 blocks (= -1) on ModelNet40, OBJ_BG and "
-                "PB_T50_RS, 6 (= -6) on OBJ_ONLY"})
+                "PB_T50_RS, 6 (= -6) on OBJ_ONLY; on PointGPT-L's 24 layers -1 is layer 23"})
     head_input: str = field(default="cls+prompt+max", metadata={
         "help": "what the head reads: 'cls+prompt+max' (official cls_type 'all': ModelNet40, OBJ_ONLY, PB_T50_RS), "
                 "'prompt' ('promptonly': OBJ_BG), 'cls+prompt' or 'cls+max' (in no official config)"})

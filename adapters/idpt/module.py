@@ -1,7 +1,8 @@
-"""The IDPT forward over a frozen Point-MAE-family backbone (``docs/peft_methods/idpt.md`` §2)."""
+"""The IDPT forward over a frozen Point-MAE-family or PointGPT backbone (``docs/peft_methods/idpt.md`` §2, §9)."""
 
 from __future__ import annotations
 
+import copy
 import re
 from typing import Any
 
@@ -10,7 +11,7 @@ from torch import Tensor, nn
 
 from pointgst.backbones.layers import classification_head
 
-from ..whole_forward import WholeForward
+from ..whole_forward import POINTGPT_FAMILY, WholeForward
 from .config import HEAD_INPUTS, IDPTConfig
 from .generator import PromptGenerator
 
@@ -18,18 +19,21 @@ from .generator import PromptGenerator
 class IDPT(WholeForward):
     """Instance-aware Dynamic Prompt Tuning: points (B, N, 3) -> logits (B, num_classes).
 
-    The frozen backbone runs as Point-MAE does (``x = block(x + pos)``, tokens ``[cls, t_1..t_G]``) up to block
-    ``prompt_block``; there the :class:`PromptGenerator` turns the point tokens (B, G, C), as that block would receive
-    them before the positions are added, into one prompt token, inserted after the cls token with the fixed
-    position ``prompt_pos`` (1, 1, C); the remaining blocks run on ``[cls, prompt, t_1..t_G]`` (B, G + 2, C), then the
-    backbone's final norm, and ``head`` reads ``head_input`` (cls, prompt and/or max over the point tokens).
+    The frozen backbone builds its sequence ``[specials, t_1..t_G]`` (S special tokens: Point-MAE ``[cls]``,
+    PointGPT ``[sos, cls]``) and runs its blocks (``x = block(x + pos)``) up to block ``prompt_block``; there the
+    :class:`PromptGenerator` turns the point tokens (B, G, C), as that block would receive them before the positions
+    are added, into one prompt token, inserted right after the special tokens with the fixed position ``prompt_pos``
+    (1, 1, C); the remaining blocks run on ``[specials, prompt, t_1..t_G]`` (B, S + 1 + G, C), then the final norm
+    (Point-MAE ``norm``; PointGPT ``ln_f`` and this module's ``cls_norm``), and ``head`` reads ``head_input`` (cls,
+    prompt and/or max over the point tokens).
 
     ``prompt_pos`` is a buffer: the official trainable rule never trains it (``docs/peft_methods/idpt.md`` §3).
-    Trainable: the generator, the head (and, through the tuner, the cls token and position copies).
+    ``cls_norm`` is a trainable copy of PointGPT's head norm ``blocks.cls_norm`` (None on Point-MAE, §9).
+    Trainable: the generator, the head, ``cls_norm`` (and, through the tuner, the cls token and position copies).
     """
 
     def __init__(self, dim: int, num_classes: int, *, prompt_block: int, head_input: str = "cls+prompt+max",
-                 k: int = 20):
+                 k: int = 20, cls_norm: nn.LayerNorm | None = None):
         super().__init__()
         self.prompt_block = prompt_block
         self.head_input = head_input
@@ -37,30 +41,39 @@ class IDPT(WholeForward):
         self.register_buffer("prompt_pos", torch.empty(1, 1, dim))
         nn.init.trunc_normal_(self.prompt_pos, std=0.02, a=-2.0, b=2.0)
         self.head = classification_head(HEAD_INPUTS[head_input] * dim, num_classes)
+        self.cls_norm = cls_norm
 
     def forward(self, backbone: Any, points: Tensor) -> Tensor:
         neighborhood, centers = backbone.group(points)
-        tokens = backbone.encoder(neighborhood)  # (B, G, C)
-        b = tokens.shape[0]
-        cls_token, cls_pos = backbone.special_tokens()
-        x = torch.cat([cls_token.expand(b, -1, -1), tokens], dim=1)
-        pos = torch.cat([cls_pos.expand(b, -1, -1), backbone.pos_embed(centers)], dim=1)
-        stack, blocks = backbone.blocks, backbone.blocks.blocks
+        x, pos = backbone.sequence(backbone.encoder(neighborhood), centers)  # (B, S + G, C) each
+        b, s = x.shape[0], backbone.num_special_tokens
+        stack, blocks = backbone.blocks, backbone.transformer_blocks
         if self.prompt_block:
             x = stack.run_blocks(blocks[:self.prompt_block], x, pos, None)
-        prompt = self.generator(x[:, 1:])  # (B, 1, C)
-        x = torch.cat([x[:, :1], prompt, x[:, 1:]], dim=1)
-        pos = torch.cat([pos[:, :1], self.prompt_pos.expand(b, -1, -1), pos[:, 1:]], dim=1)
-        x = backbone.norm(stack.run_blocks(blocks[self.prompt_block:], x, pos, None))
-        return self.head(self.pool(x))
+        prompt = self.generator(x[:, s:])  # (B, 1, C)
+        x = torch.cat([x[:, :s], prompt, x[:, s:]], dim=1)
+        pos = torch.cat([pos[:, :s], self.prompt_pos.expand(b, -1, -1), pos[:, s:]], dim=1)
+        x = stack.run_blocks(blocks[self.prompt_block:], x, pos, None)
+        return self.head(self.pool(self.final_norm(backbone, x), s))
 
-    def pool(self, x: Tensor) -> Tensor:
-        """Final tokens ``[cls, prompt, t_1..t_G]`` (B, G + 2, C) -> the head's input (B, n C), the parts of
-        ``head_input`` concatenated in its order."""
-        parts = {"cls": lambda: x[:, 0], "prompt": lambda: x[:, 1], "max": lambda: x[:, 2:].amax(dim=1)}
+    def final_norm(self, backbone: Any, x: Tensor) -> Tensor:
+        """The last block's output (B, T, C) -> the tokens the head reads (B, T, C): Point-MAE's ``norm``, or
+        PointGPT's ``ln_f`` followed by this module's ``cls_norm``."""
+        if self.cls_norm is None:
+            return backbone.norm(x)
+        return self.cls_norm(backbone.blocks.ln_f(x))
+
+    def pool(self, x: Tensor, specials: int) -> Tensor:
+        """Final tokens ``[specials, prompt, t_1..t_G]`` (B, specials + 1 + G, C), the cls token last of the
+        ``specials`` -> the head's input (B, n C), the parts of ``head_input`` concatenated in its order."""
+        parts = {"cls": lambda: x[:, specials - 1], "prompt": lambda: x[:, specials],
+                 "max": lambda: x[:, specials + 1:].amax(dim=1)}
         return torch.cat([parts[name]() for name in self.head_input.split("+")], dim=-1)
 
     def official_names(self) -> dict[str, str]:
+        if self.cls_norm is not None:
+            raise ValueError("IDPT's official code runs on Point-MAE only: an IDPT module built for PointGPT has no "
+                             "official checkpoint layout; save and load it with save_pretrained / load_adapter")
         names = {"prompt_pos": "prompt_pos"}
         names |= {f"generator.{own}": f"blocks.cls.{official}"
                   for own, official in self.generator.official_names().items()}
@@ -78,8 +91,8 @@ class IDPT(WholeForward):
 
 
 def build_idpt(backbone: Any, config: IDPTConfig) -> IDPT:
-    """The :class:`IDPT` module for ``backbone`` (a Point-MAE-family classifier), with ``prompt_block`` resolved to a
-    block index ``0 <= i < depth``."""
+    """The :class:`IDPT` module for ``backbone`` (a Point-MAE-family or PointGPT classifier), with ``prompt_block``
+    resolved to a block index ``0 <= i < depth``; on PointGPT it holds a trainable copy of ``blocks.cls_norm``."""
     depth, groups = backbone.depth, backbone.arch_config["num_group"]
     if not -depth <= config.prompt_block < depth:
         raise ValueError(f"prompt_block={config.prompt_block} names no block of this {depth}-block backbone; use "
@@ -88,5 +101,6 @@ def build_idpt(backbone: Any, config: IDPTConfig) -> IDPT:
     if config.k > groups:
         raise ValueError(f"k={config.k} feature-space neighbours need at least {config.k} point tokens, but the "
                          f"backbone makes num_group={groups}; pass k <= {groups} or use more groups")
+    cls_norm = copy.deepcopy(backbone.blocks.cls_norm) if backbone.architecture in POINTGPT_FAMILY else None
     return IDPT(backbone.embed_dim, backbone.num_classes, prompt_block=config.prompt_block % depth,
-                head_input=config.head_input, k=config.k)
+                head_input=config.head_input, k=config.k, cls_norm=cls_norm)

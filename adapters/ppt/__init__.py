@@ -3,7 +3,7 @@
 from typing import Any, Mapping
 
 from ..registry import FORWARD, MethodSpec
-from ..whole_forward import POINT_MAE_FAMILY
+from ..whole_forward import POINT_MAE_FAMILY, POINTGPT_FAMILY
 from .config import OFFICIAL_OPTIONS, PPTConfig
 from .module import PPT
 
@@ -20,8 +20,9 @@ def options_from_official(state: Mapping[str, Any]) -> dict[str, Any]:
 METHOD = MethodSpec(
     name="ppt", config_class=PPTConfig, attaches=FORWARD, exact_at_init=False, trains_cls_tokens=True,
     summary="PPT: positional prompts (the patches encoded again, own positions), three prompt MLPs shared by the "
-            "blocks, retrained encoder.first_conv and pos_embed, cls token + position, its own GELU head",
+            "blocks, retrained encoder.first_conv and pos_embed (PointGPT: cls_norm), cls token + position, its own "
+            "GELU head",
     build=PPT, official_options=OFFICIAL_OPTIONS, official_marker=OFFICIAL_MARKER,
-    options_from_official=options_from_official, backbones=POINT_MAE_FAMILY)
+    options_from_official=options_from_official, backbones=POINT_MAE_FAMILY + POINTGPT_FAMILY)
 
 __all__ = ["METHOD", "PPT", "PPTConfig"]

@@ -19,7 +19,8 @@ class PPTConfig:
                 "official config (OBJ_BG, OBJ_ONLY, PB_T50_RS, ModelNet40), fixed in the official model"})
     prompt_groups: int | None = field(default=None, metadata={
         "help": "positional-prompt patches per cloud (official prompt_num_group): the first prompt_groups FPS "
-                "patches of the backbone's grouping; None = the backbone's num_group, which every official 1k/2k "
+                "patches of the backbone's grouping (on PointGPT chained among themselves as its grouping chains "
+                "its patches); None = the backbone's num_group, which every official 1k/2k "
                 "config sets (OBJ_BG 128, OBJ_ONLY 128, PB_T50_RS 128, ModelNet40 64; the Point-MAE ModelNet40 "
                 "8k config sets 64 with num_group 512). Their size is the backbone's group_size (official "
                 "prompt_group_size, always equal to group_size)"})

@@ -1,6 +1,6 @@
-"""Positional Prompt Tuning (PPT): the whole classification forward over a frozen Point-MAE-family backbone, with
-positional prompts, three prompt MLPs, retrained copies of ``encoder.first_conv`` and ``pos_embed`` and its own head
-(``docs/peft_methods/ppt.md`` §2-§4)."""
+"""Positional Prompt Tuning (PPT): the whole classification forward over a frozen Point-MAE-family or PointGPT backbone,
+with positional prompts, three prompt MLPs, retrained copies of ``encoder.first_conv`` and (Point-MAE) ``pos_embed``
+or (PointGPT) ``cls_norm``, and its own head (``docs/peft_methods/ppt.md`` §2-§4, §8)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ from torch.utils.checkpoint import checkpoint
 
 from pointgst.backbones.layers import init_vit_weights
 
-from ..whole_forward import WholeForward
+from ..whole_forward import POINTGPT_FAMILY, WholeForward
 from .config import PPTConfig
+from .prompts import prompt_indices, take
 
 #: own submodule -> the prefix of the same tensors in an official PPT checkpoint (``docs/peft_methods/ppt.md`` §6)
 OFFICIAL_PREFIXES = {"first_conv": "encoder.first_conv", "pos_embed": "pos_embed", "prompt_mlp": "blocks.prompt_mlp",
@@ -61,17 +62,20 @@ def encode_patches(first_conv: nn.Module, second_conv: nn.Module, neighborhood: 
 
 
 class PPT(WholeForward):
-    """PPT on a Point-MAE-family backbone: ``forward(backbone, points (B, N, 3)) -> logits (B, classes)``.
+    """PPT on a Point-MAE-family or PointGPT backbone: ``forward(backbone, points (B, N, 3)) -> logits (B, classes)``.
 
-    The sequence is ``[cls, G point tokens, P prompt tokens]`` (B, 1 + G + P, C): the prompt tokens are the first P
-    FPS patches encoded again, with their own positional embeddings. Before every block the positions are re-added,
+    The sequence is the backbone's ``S`` special tokens, its ``L`` point tokens and ``P`` prompt tokens,
+    (B, S + L + P, C): ``[cls, points, prompts]`` on Point-MAE (S = 1, the official order), ``[sos, cls, prompts,
+    points]`` on PointGPT (S = 2; under its causal attention every point token sees every prompt, as on Point-MAE,
+    ``docs/peft_methods/ppt.md`` §8.1). The prompt tokens are the patches of a second grouping of the cloud
+    (:func:`prompt_indices`) encoded again, with their own positions. Before every block the positions are re-added,
     the point tokens get ``+ prompt_mlp(.)`` and the prompt tokens ``+ prompt_pos_mlp(.)``; in every block
-    ``prompt_all_mlp`` runs beside the FFN branch on all tokens. The head reads ``[cls, mean of the point tokens,
-    mean of the prompt tokens]`` (B, 3C) after the final norm.
+    ``prompt_all_mlp`` runs beside the FFN branch on all tokens. The head reads ``[cls, mean of the point tokens, mean
+    of the prompt tokens]`` (B, 3C) after the final norm (PointGPT: ``ln_f``, then this module's ``cls_norm``).
 
     Args:
-        backbone: the frozen Point-MAE-family classifier (read for its width, grouping, classes, ``first_conv`` and
-            ``pos_embed``, which this module copies; not stored).
+        backbone: the frozen classifier (read for its width, grouping, classes and the layers this module copies:
+            ``first_conv``, Point-MAE's ``pos_embed``, PointGPT's ``cls_norm``; not stored).
         config: the method's options.
     """
 
@@ -80,51 +84,73 @@ class PPT(WholeForward):
         groups = backbone.arch_config["num_group"]
         if config.prompt_groups is not None and config.prompt_groups > groups:
             raise ValueError(f"ppt: prompt_groups={config.prompt_groups} exceeds the backbone's num_group={groups} "
-                             f"(the prompt patches are the first prompt_groups of its patches); choose "
+                             f"(the prompt patches are prompt_groups of its patches); choose "
                              f"prompt_groups <= {groups}, or None for all of them")
         dim = backbone.embed_dim
         self.prompt_groups = config.prompt_groups or groups
         self.separate_encoding = config.prompt_encoding == "separate"
+        self.causal = backbone.architecture in POINTGPT_FAMILY  # PointGPT (docs/peft_methods/ppt.md §8)
         self.first_conv = plain_copy(backbone.encoder.first_conv)
-        self.pos_embed = plain_copy(backbone.pos_embed)
+        # PointGPT's sine embedding has no parameters to retrain; its head norm trains with PPT's head
+        # (docs/peft_methods/ppt.md §8.4)
+        self.pos_embed = None if self.causal else plain_copy(backbone.pos_embed)
         self.prompt_mlp = prompt_mlp(dim, config.hidden)  # on the point tokens, before every block
         self.prompt_pos_mlp = prompt_mlp(dim, config.hidden)  # on the prompt tokens, before every block
         self.prompt_all_mlp = prompt_mlp(dim, config.hidden)  # on all tokens, beside every block's FFN
+        self.cls_norm = copy.deepcopy(backbone.blocks.cls_norm) if self.causal else None
         self.head = gelu_head(3 * dim, backbone.num_classes)
 
     def forward(self, backbone: Any, points: Tensor) -> Tensor:
         """points (B, N, 3) -> logits (B, classes)."""
-        neighborhood, centers = backbone.group(points)  # (B, G, K, 3), (B, G, 3)
+        neighborhood, centers = backbone.group(points)  # (B, L, K, 3), (B, L, 3)
         second_conv = backbone.encoder.second_conv
-        tokens = encode_patches(self.first_conv, second_conv, neighborhood)  # (B, G, C)
-        p = self.prompt_groups
-        # the official second FPS of P centres picks the first P of these (FPS is greedy from index 0)
-        prompts = (encode_patches(self.first_conv, second_conv, neighborhood[:, :p]) if self.separate_encoding
-                   else tokens[:, :p])  # (B, P, C)
-        point_pos = self.pos_embed(centers)  # (B, G, C)
-        cls_token, cls_pos = backbone.special_tokens()
-        b, g, _ = tokens.shape
-        x = torch.cat([cls_token.expand(b, -1, -1), tokens, prompts], dim=1)  # (B, 1 + G + P, C)
-        pos = torch.cat([cls_pos.expand(b, -1, -1), point_pos, point_pos[:, :p]], dim=1)
-        stack = backbone.blocks
-        recompute = stack.gradient_checkpointing and self.training and torch.is_grad_enabled()
-        for block in stack.blocks:
-            x = (checkpoint(self._block, block, x, pos, g, use_reentrant=False) if recompute
-                 else self._block(block, x, pos, g))
-        x = backbone.norm(x)
-        return self.head(torch.cat([x[:, 0], x[:, 1:g + 1].mean(dim=1), x[:, g + 1:].mean(dim=1)], dim=-1))
+        tokens = encode_patches(self.first_conv, second_conv, neighborhood)  # (B, L, C)
+        x, pos = backbone.sequence(tokens, centers)  # (B, S + L, C), the S special tokens first
+        s = backbone.num_special_tokens
+        if self.pos_embed is not None:  # Point-MAE: the retrained positional MLP places the point tokens
+            pos = torch.cat([pos[:, :s], self.pos_embed(centers)], dim=1)
+        pick = prompt_indices(centers, self.prompt_groups, chained=self.causal)  # (B, P)
+        prompts = (encode_patches(self.first_conv, second_conv, take(neighborhood, pick)) if self.separate_encoding
+                   else take(tokens, pick))  # (B, P, C)
+        x = self._join(x[:, :s], x[:, s:], prompts)  # (B, S + L + P, C)
+        pos = self._join(pos[:, :s], pos[:, s:], take(pos[:, s:], pick))
+        recompute = backbone.blocks.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        for block in backbone.transformer_blocks:
+            x = (checkpoint(self._block, block, x, pos, s, use_reentrant=False) if recompute
+                 else self._block(block, x, pos, s))
+        x = self.cls_norm(backbone.blocks.ln_f(x)) if self.causal else backbone.norm(x)
+        point, prompt = self._split(x, s)
+        # the cls token is the last special token: position 0 on Point-MAE, 1 on PointGPT
+        return self.head(torch.cat([x[:, s - 1], point.mean(dim=1), prompt.mean(dim=1)], dim=-1))
 
-    def _block(self, block: nn.Module, x: Tensor, pos: Tensor, g: int) -> Tensor:
-        """One backbone block with the prompt MLPs; ``g`` point tokens follow the cls token. (B, T, C) -> (B, T, C)."""
+    def _block(self, block: nn.Module, x: Tensor, pos: Tensor, s: int) -> Tensor:
+        """One backbone block with the prompt MLPs, after ``s`` special tokens. (B, T, C) -> (B, T, C)."""
         x = x + pos
-        point, prompt = x[:, 1:g + 1], x[:, g + 1:]
-        x = torch.cat([x[:, :1], point + self.prompt_mlp(point), prompt + self.prompt_pos_mlp(prompt)], dim=1)
-        x = x + block.attn_branch(x)  # DropPath(Attn(LN1(x)))
-        return x + block.ffn_branch(x) + self.prompt_all_mlp(x)  # DropPath(MLP(LN2(x))), the prompt MLP undropped
+        point, prompt = self._split(x, s)
+        x = self._join(x[:, :s], point + self.prompt_mlp(point), prompt + self.prompt_pos_mlp(prompt))
+        if self.causal:
+            x = block.ln_1(x)  # PointGPT's block replaces the stream by its norm; its attn_branch has no norm
+        x = x + block.attn_branch(x)  # Point-MAE: DropPath(Attn(LN1(x))); PointGPT: causal Attn(x)
+        return x + block.ffn_branch(x) + self.prompt_all_mlp(x)  # the FFN branch, the prompt MLP undropped
+
+    def _split(self, x: Tensor, s: int) -> tuple[Tensor, Tensor]:
+        """(B, S + L + P, C) -> (point tokens (B, L, C), prompt tokens (B, P, C)), after ``s`` special tokens."""
+        p = self.prompt_groups
+        return (x[:, s + p:], x[:, s:s + p]) if self.causal else (x[:, s:-p], x[:, -p:])
+
+    def _join(self, special: Tensor, point: Tensor, prompt: Tensor) -> Tensor:
+        """The sequence in the family's order: ``[special, points, prompts]`` (Point-MAE) or ``[special, prompts,
+        points]`` (PointGPT). (B, S, C), (B, L, C), (B, P, C) -> (B, S + L + P, C)."""
+        return torch.cat([special, prompt, point] if self.causal else [special, point, prompt], dim=1)
 
     def official_names(self) -> dict[str, str]:
         """Own state-dict key -> official checkpoint key (``first_conv.1.running_mean`` ->
-        ``encoder.first_conv.1.running_mean``, ``head.8.weight`` -> ``cls_head_finetune.8.weight``, ...)."""
+        ``encoder.first_conv.1.running_mean``, ``head.8.weight`` -> ``cls_head_finetune.8.weight``, ...); none on
+        PointGPT, for which the official PPT code has no model (``docs/peft_methods/ppt.md`` §8.6)."""
+        if self.causal:
+            raise ValueError("ppt: the official PPT code runs on Point-MAE only, so a PPT checkpoint of a PointGPT "
+                             "backbone has no official layout to convert; save a pointgst PPT adapter with "
+                             "save_pretrained and load it with pointgst.load_adapter instead")
         names = {}
         for key in self.state_dict():
             part, _, rest = key.partition(".")
@@ -132,4 +158,4 @@ class PPT(WholeForward):
         return names
 
     def extra_repr(self) -> str:
-        return f"prompt_groups={self.prompt_groups}, separate_encoding={self.separate_encoding}"
+        return f"prompt_groups={self.prompt_groups}, separate_encoding={self.separate_encoding}, causal={self.causal}"
