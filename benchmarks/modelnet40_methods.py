@@ -3,8 +3,8 @@ with the same recipe, seed and budget: writes ``benchmarks/RESULTS.md``.
 
 Methods: ``linear`` (head only), ``pcsa``, ``pcsa`` with the ``official`` preset (and the same with exact centre
 distances, the preset's graphs before the official ``torch.cdist`` construction was reproduced), ``dcnv4``,
-``deepla_head``, ``lora``, ``full``, and ``pcsa`` on a randomly initialised backbone of the same architecture (what
-pretraining brings). Each is one ``pointgst train modelnet40.point_mae_tiny --set method.name=...`` run in its own
+``deepla_head``, ``dapt``, ``idpt``, ``gaprompt``, ``ppt`` (their official ModelNet40 options), ``lora``, ``full``, and
+``pcsa`` on a randomly initialised backbone of the same architecture (what pretraining brings). Each is one ``pointgst train modelnet40.point_mae_tiny --set method.name=...`` run in its own
 process (so its peak memory is its own), into ``--out/<label>``. A run whose folder already holds a ``summary.json`` is not
 repeated, so an interrupted benchmark continues where it stopped (``--fresh`` starts over in a new folder).
 
@@ -17,6 +17,8 @@ Usage (from the project root)::
 
     python benchmarks/modelnet40_methods.py                    # recipe budget (1 epoch), its section of RESULTS.md
     python benchmarks/modelnet40_methods.py --epochs 1 --methods linear,pcsa --results /tmp/r.md
+    python benchmarks/modelnet40_methods.py --methods linear,pcsa,dapt,idpt,gaprompt,ppt \
+        --section modelnet40_forward_methods   # some rows side by side in one run, in a section of their own
 """
 
 import argparse
@@ -107,11 +109,12 @@ def run_entry(entry: Entry, out: Path, epochs: int | None) -> dict:
     return result
 
 
-def markdown(results: list[dict], invocation: str) -> str:
+def markdown(results: list[dict], invocation: str, every: bool = True) -> str:
     by_label = {r["label"]: r for r in results}
     minutes = sum(r["train_seconds"] for r in results) / 60
+    which = "every tuning method" if every else ", ".join(f"`{r['label']}`" for r in results)
     lines = [
-        "## ModelNet40: every tuning method on `point_mae_tiny.modelnet40`",
+        f"## ModelNet40: {which} on `point_mae_tiny.modelnet40`",
         "",
         f"Made by `{invocation}` (benchmarks/modelnet40_methods.py): {minutes:.0f} min of training, summed over the "
         "runs, on "
@@ -164,6 +167,8 @@ def main() -> None:
     parser.add_argument("--methods", help="comma-separated labels (default: all): " +
                         ", ".join(e.label for e in ENTRIES))
     parser.add_argument("--fresh", action="store_true", help="new run folders (a suffix), do not reuse finished ones")
+    parser.add_argument("--section", default="modelnet40_methods",
+                        help="the section of --results to (re)write (another name keeps the full table beside it)")
     args = parser.parse_args()
     entries = ENTRIES
     if args.methods:
@@ -177,7 +182,7 @@ def main() -> None:
         out = out.with_name(f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     results = [run_entry(entry, out / entry.label, args.epochs) for entry in entries]
     invocation = shlex.join(["python", "benchmarks/modelnet40_methods.py", *sys.argv[1:]])
-    write_section("modelnet40_methods", markdown(results, invocation), Path(args.results))
+    write_section(args.section, markdown(results, invocation, every=entries == ENTRIES), Path(args.results))
     print(f"wrote {args.results}")
 
 

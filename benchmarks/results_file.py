@@ -7,7 +7,7 @@ from pathlib import Path
 from pointgst.atomic import write_text_atomic
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-ORDER = ("modelnet40_methods", "train_step", "adapter_overhead", "demo_time")
+ORDER = ("modelnet40_methods", "modelnet40_forward_methods", "train_step", "adapter_overhead", "demo_time")
 TITLE = ("# Benchmarks\n\nEach section is written by the script it names; rerunning a script rewrites only its "
          "section.\n")
 

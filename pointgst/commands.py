@@ -30,7 +30,7 @@ def params_command(args: argparse.Namespace) -> None:
     import torch
 
     import pointgst
-    from pointgst.adapters import list_methods
+    from pointgst.adapters import METHODS, list_methods
     from pointgst.backbones.factory import (
         ARCHITECTURES,
         DEFAULT_NUM_CLASSES,
@@ -54,7 +54,9 @@ def params_command(args: argparse.Namespace) -> None:
         return
     arch = task_architecture(parse_name(args.name)[0], args.task)
     num_classes = args.num_classes or (DEFAULT_NUM_PARTS if args.task == "segmentation" else DEFAULT_NUM_CLASSES)
-    methods = list_methods() if args.method == "all" else args.method.split(",")
+    methods = args.method.split(",")
+    if args.method == "all":  # every method that runs on this architecture
+        methods = [m for m in list_methods() if all(spec.supports(arch) for spec in METHODS.parts(m))]
     options = {k: v for k, v in (("preset", args.preset), ("placement", args.placement)) if v}
     reports = []
     for method in methods:
@@ -70,6 +72,9 @@ def params_command(args: argparse.Namespace) -> None:
     for report in reports:
         paper = f"   paper: {report.paper_figure}" if report.paper_figure else ""
         print(f"  {report.method:<18} {report.trainable:>12,}  {100 * report.ratio:6.2f}%{paper}")
+    others = [m for m in METHODS.names(combinations=False) if m not in methods] if args.method == "all" else []
+    if others:
+        print(f"  (not on {arch}: {', '.join(others)})")
 
 
 def train_command(args: argparse.Namespace) -> None:

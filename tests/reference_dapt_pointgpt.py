@@ -3,9 +3,9 @@ written from the formulas with the official state-dict keys, for the conversion 
 counts in ``tests/test_dapt_pointgpt.py``.
 
 Grouping uses pointgst's FPS (with the official CUDA kernel's skip of near-origin points), kNN, gather and
-nearest-neighbour-chain ops, which have their own reference tests; everything after it is explicit: the Conv1d patch
-encoder, the sine positional embedding, causal attention with an explicit mask and softmax, the scale-and-shift
-factors, the dynamic adapter, the internal prompts and the head.
+nearest-neighbour-chain ops, which have their own reference tests; the Conv1d patch encoding and the head are those
+of ``tests/official_point_mae.py``; everything else is explicit: the sine positional embedding, causal attention
+with an explicit mask and softmax, the scale-and-shift factors, the dynamic adapter and the internal prompts.
 """
 
 import math
@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from pointgst.backbones.grouping import nearest_neighbor_chain
-from pointgst.ops import farthest_point_sample, gather_points, knn_indices
+from pointgst.ops import gather_points
 
+from . import official_point_mae as mae
 from .reference_dapt import add_scale_shift, as_trained, scale_shift
 
 
@@ -59,9 +60,7 @@ class ReferenceGPTDAPT(nn.Module):
         self.blocks.layers = nn.ModuleList(self.make_layer(dim, rank) for _ in range(depth))
         self.blocks.ln_f = nn.LayerNorm(dim)
         self.blocks.increase_dim = nn.Sequential(nn.Conv1d(dim, 3 * group_size, 1))  # never used
-        self.blocks.cls_head_finetune = nn.Sequential(
-            nn.Linear(2 * dim, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 256),
-            nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, num_classes))
+        self.blocks.cls_head_finetune = mae.official_head(2 * dim, num_classes)
         self.blocks.cls_norm = nn.LayerNorm(dim)
 
     @staticmethod
@@ -103,15 +102,10 @@ class ReferenceGPTDAPT(nn.Module):
         return torch.cat([x[:, :2], prompt, x[:, 2:]], dim=1)  # after sos and cls
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        centers = gather_points(points, farthest_point_sample(points, self.num_group, skip_near_origin=True))
-        patches = gather_points(points, knn_indices(centers, points, self.group_size)) - centers.unsqueeze(2)
-        order = nearest_neighbor_chain(centers)
-        centers, patches = gather_points(centers, order), gather_points(patches.flatten(2), order)
-        b, g = centers.shape[:2]
-        patches = patches.reshape(b * g, self.group_size, 3).transpose(2, 1)
-        feature = self.encoder.first_conv(patches)
-        feature = torch.cat([feature.max(dim=2, keepdim=True).values.expand(-1, -1, self.group_size), feature], 1)
-        tokens = self.encoder.second_conv(feature).max(dim=2).values.reshape(b, g, -1)
+        patches, centers = mae.group(points, self.num_group, self.group_size)
+        order = nearest_neighbor_chain(centers)  # the patches in chain order, then the official encoder
+        centers, patches = gather_points(centers, order), gather_points(patches.flatten(2), order).unflatten(2, (-1, 3))
+        tokens, b = mae.encode(self.encoder, patches), points.shape[0]
         pos = torch.cat([self.cls_pos.expand(b, -1, -1), self.sos_pos.expand(b, -1, -1),
                          sine_position(centers, self.dim)], dim=1)  # (B, 2 + G, C)
         h = torch.cat([self.blocks.sos.expand(b, 1, -1), self.cls_token.expand(b, -1, -1), tokens], dim=1)

@@ -2,10 +2,11 @@
 (``PointTransformer_pointtokenprompt``), for the fidelity tests of ``tests/test_gaprompt.py``.
 
 Grouping uses pointgst's FPS (with the CUDA kernel's near-origin skip), kNN and gather, which have their own
-reference tests; the rest is explicit: Conv1d patch encoder, explicit-softmax attention, the official flattened-batch
-indexing of the prompt propagation (indices offset by ``b * G`` into a batch whose samples hold ``G + T`` tokens in
-the prompted blocks), squared distances as ``|a|^2 + |b|^2 - 2ab``, neighbours by a full sort. Evaluation mode only
-(no dropout or drop-path).
+reference tests; the Conv1d patch encoder, the blocks' layers, explicit-softmax attention and the head are those of
+``tests/official_point_mae.py``; the rest is explicit: the official flattened-batch indexing of the prompt
+propagation (indices offset by ``b * G`` into a batch whose samples hold ``G + T`` tokens in the prompted blocks),
+squared distances as ``|a|^2 + |b|^2 - 2ab``, neighbours by a full sort. Evaluation mode only (no dropout or
+drop-path).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pointgst.ops import farthest_point_sample, gather_points, knn_indices
+
+from . import official_point_mae as mae
 
 #: the official trainable rule: a parameter trains when its name holds one of these
 OFFICIAL_TRAINABLE = ("point_prompt", "shift_net", "shape_feature_mlp", "adapter", "cls_pos", "cls_token", "cls_head_",
@@ -109,11 +112,7 @@ class RefBlock(nn.Module):
     def __init__(self, dim: int, heads: int, tokens: int, width: int):
         super().__init__()
         self.heads = heads
-        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = nn.Module()
-        self.attn.qkv, self.attn.proj = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim)
-        self.mlp = nn.Module()
-        self.mlp.fc1, self.mlp.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        mae.official_block(dim, self)
         self.prompt_embeddings = nn.Parameter(torch.zeros(tokens, dim))
         self.scaler1 = nn.Parameter(torch.ones(1) * 0.5)
         self.scaler2 = nn.Parameter(torch.ones(1) * 0.5)
@@ -122,12 +121,6 @@ class RefBlock(nn.Module):
         self.adapter.scale = nn.Linear(dim, 1)
         self.adapter.ln1, self.adapter.ln2 = nn.Linear(dim, width), nn.Linear(width, dim)
         self.out_transform = seq(nn.BatchNorm1d(dim), nn.GELU())
-
-    def attention(self, x):
-        b, n, c = x.shape
-        q, k, v = self.attn.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        a = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).softmax(dim=-1)
-        return self.attn.proj((a @ v).transpose(1, 2).reshape(b, n, c))
 
     def adapt(self, x):
         h = self.adapter.ln1(self.adapter.layer_norm(x))
@@ -158,7 +151,7 @@ class RefBlock(nn.Module):
             x = torch.cat([x[:, :1], p + prompt_pos.repeat(b, 1, 1), x[:, 1:]], dim=1)
         if before:
             x = torch.cat([x[:, :1], self.propagate(x[:, 1:], geo, mixing)], dim=1)
-        x = x + self.attention(self.norm1(x))
+        x = x + mae.explicit_attention(self.attn, self.norm1(x), self.heads)
         x = x + self.mlp.fc2(F.gelu(self.mlp.fc1(self.norm2(x))))
         cls, x = x[:, :1], x[:, 1:]
         if not before:
@@ -178,30 +171,20 @@ class ReferenceGAPrompt(nn.Module):
         super().__init__()
         self.num_group, self.group_size, self.before, self.prompt_depth = num_group, group_size, before, prompt_depth
         self.mixing = True
-        self.encoder = nn.Module()
-        self.encoder.first_conv = seq(nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(), nn.Conv1d(128, 256, 1))
-        self.encoder.second_conv = seq(nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(), nn.Conv1d(512, dim, 1))
+        self.encoder = mae.official_encoder(dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.cls_pos = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = seq(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, dim))
+        self.pos_embed = mae.official_pos_embed(dim)
         self.prompt_cor = nn.Parameter(torch.zeros(tokens, 3))
         self.blocks = nn.Module()
         self.blocks.blocks = nn.ModuleList(RefBlock(dim, heads, tokens, 16) for _ in range(depth))
         self.norm = nn.LayerNorm(dim)
-        self.cls_head_finetune = seq(nn.Linear(3 * dim, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.6),
-                                     nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.6),
-                                     nn.Linear(256, num_classes))
+        self.cls_head_finetune = mae.official_head(3 * dim, num_classes, dropout=0.6)
         self.point_prompt = nn.Module()
         self.point_prompt.points = nn.Parameter(torch.zeros(1, point_prompts, 3))
         self.shift_net = Shift(perturbation)
         self.shape_feature_mlp = seq(nn.Linear(num_group // 2 * 8, 16), nn.GELU(), nn.Dropout(0.25),
                                      nn.Linear(16, dim))
-
-    def encode(self, patches):
-        b, g, k, _ = patches.shape
-        f = self.encoder.first_conv(patches.reshape(b * g, k, 3).transpose(2, 1))
-        f = torch.cat([f.max(dim=2, keepdim=True)[0].expand(-1, -1, k), f], dim=1)
-        return self.encoder.second_conv(f).max(dim=2)[0].reshape(b, g, -1)
 
     def forward(self, pts):
         g, k = self.num_group, self.group_size
@@ -211,7 +194,7 @@ class ReferenceGAPrompt(nn.Module):
         b, n, _ = pts.shape
         centre, flat, _ = group(pts, g, k)
         patches = pts.reshape(b * n, 3)[flat].reshape(b, g, k, 3) - centre.unsqueeze(2)
-        tokens = self.encode(patches)
+        tokens = mae.encode(self.encoder, patches)
         coarse, flat1, flat2 = group(centre, g // 2, k // 2)
         geo = (centre, flat1, coarse, flat2)
         x = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)

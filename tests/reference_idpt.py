@@ -1,18 +1,19 @@
 """A reference IDPT model for the conversion test, written here from the formulas of ``docs/peft_methods/idpt.md``
 §2 in the official key layout (the ``PointTransformer`` of the official IDPT code with ``prompt_module: dgcnn``).
 
-Grouping uses pointgst's ops (FPS with the CUDA kernel's near-origin skip, kNN, gather), which have their own
-reference tests; everything else is explicit: the Conv1d patch encoder, softmax attention, the prompt inserted before
-block ``prompt_layer``, and the DGCNN generator on edge features ``[x_j - x_i, x_i]`` of feature-space kNN graphs, its
-BatchNorms registered twice (as ``bnN`` and inside ``convN``) as in the official module, so that the state dict holds
-both names.
+The Point-MAE parts (grouping, Conv1d patch encoder, blocks, softmax attention, head) are those of
+``tests/official_point_mae.py``; what IDPT adds is explicit: the prompt inserted before block ``prompt_layer``, and
+the DGCNN generator on edge features ``[x_j - x_i, x_i]`` of feature-space kNN graphs, its BatchNorms registered twice
+(as ``bnN`` and inside ``convN``) as in the official module, so that the state dict holds both names.
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pointgst.ops import farthest_point_sample, gather_points, knn_indices
+from pointgst.ops import gather_points
+
+from . import official_point_mae as mae
 
 #: official cls_type -> the parts of the final tokens the head reads
 CLS_TYPES = {"all": ("cls", "prompt", "max"), "promptonly": ("prompt",), "promptcls": ("cls", "prompt"),
@@ -60,44 +61,19 @@ class ReferenceIDPT(nn.Module):
         super().__init__()
         self.num_group, self.heads, self.prompt_layer = num_group, heads, prompt_layer
         self.parts = CLS_TYPES[cls_type]
-        self.encoder = nn.Module()
-        self.encoder.first_conv = nn.Sequential(nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(),
-                                                nn.Conv1d(128, 256, 1))
-        self.encoder.second_conv = nn.Sequential(nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(),
-                                                 nn.Conv1d(512, dim, 1))
+        self.encoder = mae.official_encoder(dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.cls_pos = nn.Parameter(torch.zeros(1, 1, dim))
         self.prompt_pos = nn.Parameter(torch.zeros(1, 1, dim))
-        self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, dim))
-        self.blocks = nn.Module()
-        self.blocks.blocks = nn.ModuleList()
-        for _ in range(depth):
-            block = nn.Module()
-            block.norm1, block.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-            block.attn = nn.Module()
-            block.attn.qkv, block.attn.proj = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim)
-            block.mlp = nn.Module()
-            block.mlp.fc1, block.mlp.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
-            self.blocks.blocks.append(block)
+        self.pos_embed = mae.official_pos_embed(dim)
+        self.blocks = mae.official_blocks(dim, depth)
         self.blocks.cls = ReferenceGenerator(dim)
         self.norm = nn.LayerNorm(dim)
-        self.cls_head_finetune = nn.Sequential(
-            nn.Linear(len(self.parts) * dim, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.5),
-            nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, num_classes))
-
-    def attention(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = attn.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        weights = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).softmax(dim=-1)
-        return attn.proj((weights @ v).transpose(1, 2).reshape(b, n, c))
+        self.cls_head_finetune = mae.official_head(len(self.parts) * dim, num_classes)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        centers = gather_points(points, farthest_point_sample(points, self.num_group, skip_near_origin=True))
-        patches = gather_points(points, knn_indices(centers, points, 32)) - centers.unsqueeze(2)
-        b, g, k, _ = patches.shape
-        feature = self.encoder.first_conv(patches.reshape(b * g, k, 3).transpose(2, 1))
-        feature = torch.cat([feature.max(dim=2, keepdim=True).values.expand(-1, -1, k), feature], dim=1)
-        tokens = self.encoder.second_conv(feature).max(dim=2).values.reshape(b, g, -1)
+        tokens, centers = mae.group_and_encode(self.encoder, points, self.num_group)
+        b, g = tokens.shape[:2]
         x = torch.cat([self.cls_token.expand(b, -1, -1), tokens], dim=1)
         pos = torch.cat([self.cls_pos.expand(b, -1, -1), self.pos_embed(centers)], dim=1)
         for index, block in enumerate(self.blocks.blocks):
@@ -106,7 +82,7 @@ class ReferenceIDPT(nn.Module):
                 x = torch.cat([x[:, :1], prompt, x[:, -g:]], dim=1)
                 pos = torch.cat([pos[:, :1], self.prompt_pos.expand(b, -1, -1), pos[:, -g:]], dim=1)
             x = x + pos
-            x = x + self.attention(block.attn, block.norm1(x))
+            x = x + mae.explicit_attention(block.attn, block.norm1(x), self.heads)
             x = x + block.mlp.fc2(F.gelu(block.mlp.fc1(block.norm2(x))))
         x = self.norm(x)
         parts = {"cls": x[:, 0], "prompt": x[:, 1], "max": x[:, 2:].max(dim=1).values}

@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pointgst.ops import farthest_point_sample, gather_points, knn_indices
-
+from . import official_point_mae as mae
 from .test_official_pointgst import ReferencePointGST
 
 #: the official trainable rule: a parameter trains when its name holds one of these (``docs/peft_methods/ppt.md`` §3)
@@ -21,12 +20,6 @@ OFFICIAL_TRAINABLE = ("cls", "prompt", "first_conv", "pos_embed")
 
 def official_mlp(dim: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-
-def group(points: torch.Tensor, count: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """The official ``Group``: CUDA-kernel FPS (near-origin skip) and kNN. -> (patches (B, count, size, 3), centres)."""
-    centers = gather_points(points, farthest_point_sample(points, count, skip_near_origin=True))
-    return gather_points(points, knn_indices(centers, points, size)) - centers.unsqueeze(2), centers
 
 
 class ReferencePPT(ReferencePointGST):
@@ -40,22 +33,12 @@ class ReferencePPT(ReferencePointGST):
         self.blocks.prompt_mlp = official_mlp(dim, hidden)
         self.blocks.prompt_pos_mlp = official_mlp(dim, hidden)
         self.blocks.prompt_all_mlp = official_mlp(dim, hidden)
-        self.cls_head_finetune = nn.Sequential(nn.Linear(3 * dim, 256), nn.BatchNorm1d(256), nn.GELU(), nn.Dropout(0.5),
-                                               nn.Linear(256, 256), nn.BatchNorm1d(256), nn.GELU(), nn.Dropout(0.5),
-                                               nn.Linear(256, num_classes))
-
-    def encode(self, patches: torch.Tensor) -> torch.Tensor:
-        """The official ``Encoder``: Conv1d layers over (BG, 3, K), max-pool, concatenation, Conv1d, max-pool."""
-        b, g, k, _ = patches.shape
-        feature = self.encoder.first_conv(patches.reshape(b * g, k, 3).transpose(2, 1))
-        feature = torch.cat([feature.max(dim=2, keepdim=True).values.expand(-1, -1, k), feature], dim=1)
-        return self.encoder.second_conv(feature).max(dim=2).values.reshape(b, g, -1)
+        self.cls_head_finetune = mae.official_head(3 * dim, num_classes, activation=nn.GELU)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         g, p = self.num_group, self.prompt_groups
-        patches, centers = group(points, g)
-        prompt_patches, prompt_centers = group(points, p)  # the official second Group module
-        tokens, prompt_tokens = self.encode(patches), self.encode(prompt_patches)
+        tokens, centers = mae.group_and_encode(self.encoder, points, g)
+        prompt_tokens, prompt_centers = mae.group_and_encode(self.encoder, points, p)  # the official second Group
         b = points.shape[0]
         x = torch.cat([self.cls_token.expand(b, -1, -1), tokens, prompt_tokens], dim=1)
         pos = torch.cat([self.cls_pos.expand(b, -1, -1), self.pos_embed(centers), self.pos_embed(prompt_centers)],
@@ -65,7 +48,7 @@ class ReferencePPT(ReferencePointGST):
             x = x + pos
             x[:, 1:g + 1] = x[:, 1:g + 1] + stack.prompt_mlp(x[:, 1:g + 1])
             x[:, -p:] = x[:, -p:] + stack.prompt_pos_mlp(x[:, -p:])
-            x = x + self.attention(block.attn, block.norm1(x))
+            x = x + mae.explicit_attention(block.attn, block.norm1(x), self.heads)
             beside = stack.prompt_all_mlp(x)
             x = x + block.mlp.fc2(F.gelu(block.mlp.fc1(block.norm2(x)))) + beside
         x = self.norm(x)

@@ -8,6 +8,7 @@ give its logits on real ModelNet40 shapes.
 import copy
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,51 @@ def dapt_module(model: torch.nn.Module) -> DAPT:
     return model.base_model.model.pipeline.pointgst_module["default"]
 
 
+def converted_gives_the_reference_logits(reference: torch.nn.Module, tmp_path: Path, capsys,
+                                         epoch: int) -> torch.nn.Module:
+    """Save ``reference`` (64 groups) as an official fine-tuned checkpoint, ``pointgst convert`` it, load the adapter;
+    checks the official DAPT config and the reference's logits on 3 real ModelNet40 shapes. The loaded model."""
+    points = modelnet40_test_shapes(3)
+    with torch.no_grad():
+        expected = reference(points)
+    state = reference.state_dict()
+    torch.save({"base_model": {f"module.{k}": v for k, v in state.items()}, "epoch": epoch}, tmp_path / "dapt.pth")
+    code, out, err = run_cli_here(["convert", tmp_path / "dapt.pth", tmp_path / "converted"], capsys)
+    assert code == 0 and "load_adapter" in out, err
+    loaded = pointgst.load_adapter(tmp_path / "converted" / "adapter", num_group=64).eval()
+    config = loaded.peft_config["default"]
+    assert config.method == "dapt" and config.preset == "official" and config.bn_stats == "update"
+    with torch.no_grad():
+        logits = loaded(points)
+    assert math.isfinite(logits.abs().max().item()) and logits.abs().max().item() > 0.1
+    assert (logits - expected).abs().max().item() <= 1e-5
+    return loaded
+
+
+def assert_eval_is_deterministic_and_per_sample(model: torch.nn.Module, points: torch.Tensor) -> torch.Tensor:
+    """``model`` (eval) on ``points`` (B, N, 3) twice: equal; one cloud at a time: within 1e-5. The logits."""
+    with torch.no_grad():
+        together, again = model(points), model(points)
+        alone = torch.cat([model(points[i:i + 1]) for i in range(len(points))])
+    assert torch.equal(together, again)
+    assert (together - alone).abs().max().item() <= 1e-5
+    return together
+
+
+def assert_checkpointing_keeps_the_gradients(build: Callable[[], torch.nn.Module], points: torch.Tensor) -> None:
+    """The gradients of one cross-entropy step of ``build()`` on ``points``, without and with gradient checkpointing
+    (the same seeded drop-path and dropout draws): non-zero and equal within 1e-6."""
+    grads = []
+    for recompute in (False, True):
+        model = build().train()
+        if recompute:
+            model.gradient_checkpointing_enable()
+        torch.manual_seed(7)  # the same drop-path and dropout draws in both runs
+        F.cross_entropy(model(points), torch.arange(len(points)) % 5).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
+    assert grads[0].abs().max() > 0 and (grads[0] - grads[1]).abs().max().item() <= 1e-6
+
+
 # ------------------------------------------------------------------------------------------------ official fidelity
 
 @needs_data
@@ -76,24 +122,11 @@ def dapt_module(model: torch.nn.Module) -> DAPT:
 def test_official_checkpoint_converts_and_gives_the_official_logits(tmp_path, capsys, dataset):
     classes = 40 if dataset == "modelnet40" else 15
     reference = trained_reference(classes, 64, rank=OFFICIAL[dataset]["rank"], head=OFFICIAL_HEAD[dataset])
-    points = modelnet40_test_shapes(3)
-    with torch.no_grad():
-        expected = reference(points)
-    state = reference.state_dict()
-    assert sum(".Adapter_MLP." in k for k in state) == 12 * 8
-    torch.save({"base_model": {f"module.{k}": v for k, v in state.items()}, "epoch": 300}, tmp_path / "dapt.pth")
-    code, out, err = run_cli_here(["convert", tmp_path / "dapt.pth", tmp_path / "converted"], capsys)
-    assert code == 0 and "load_adapter" in out, err
-    loaded = pointgst.load_adapter(tmp_path / "converted" / "adapter", num_group=64).eval()
-    config = loaded.peft_config["default"]
-    assert config.method == "dapt" and config.preset == "official" and config.bn_stats == "update"
-    options = config.method_configs()["dapt"]
+    assert sum(".Adapter_MLP." in k for k in reference.state_dict()) == 12 * 8
+    loaded = converted_gives_the_reference_logits(reference, tmp_path, capsys, epoch=300)
+    options = loaded.peft_config["default"].method_configs()["dapt"]
     assert {k: getattr(options, k) for k in OFFICIAL[dataset] if k != "adapter_dropout"} == \
         {k: v for k, v in OFFICIAL[dataset].items() if k != "adapter_dropout"}
-    with torch.no_grad():
-        logits = loaded(points)
-    assert math.isfinite(logits.abs().max().item()) and logits.abs().max().item() > 0.1
-    assert (logits - expected).abs().max().item() <= 1e-5
 
 
 def test_official_names_cover_every_tensor_once_and_only_dapt_keys_carry_the_marker():
@@ -177,13 +210,7 @@ def test_head_input_slices_the_cls_token_the_prompts_and_the_patches():
 
 
 def test_eval_forward_is_deterministic_and_per_sample():
-    model = tiny_model(**OFFICIAL["pb_t50_rs"])
-    points = clouds(3, 2)
-    with torch.no_grad():
-        together, again = model(points), model(points)
-        alone = torch.cat([model(points[i:i + 1]) for i in range(3)])
-    assert torch.equal(together, again)
-    assert (together - alone).abs().max().item() <= 1e-5
+    assert_eval_is_deterministic_and_per_sample(tiny_model(**OFFICIAL["pb_t50_rs"]), clouds(3, 2))
 
 
 def test_one_training_step_reaches_every_dapt_tensor_and_no_backbone_weight():
@@ -242,12 +269,4 @@ def test_a_segmentation_backbone_is_refused_with_the_alternatives():
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
-    grads = []
-    for recompute in (False, True):
-        model = tiny_model(**OFFICIAL["obj_bg"]).train()
-        if recompute:
-            model.gradient_checkpointing_enable()
-        torch.manual_seed(7)  # the same drop-path and dropout draws in both runs
-        F.cross_entropy(model(clouds(4, 6)), torch.arange(4) % 5).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
-    assert grads[0].abs().max() > 0 and (grads[0] - grads[1]).abs().max().item() <= 1e-6
+    assert_checkpointing_keeps_the_gradients(lambda: tiny_model(**OFFICIAL["obj_bg"]), clouds(4, 6))

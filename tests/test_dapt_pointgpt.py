@@ -6,7 +6,6 @@ The fidelity reference (``tests/reference_dapt_pointgpt.py``) is written from th
 ``pointgst convert`` into an adapter that must give its logits on real ModelNet40 shapes.
 """
 
-import math
 import re
 
 import pytest
@@ -19,9 +18,16 @@ from pointgst.adapters.dapt.official import GPT_HEAD, OFFICIAL_MARKER
 from pointgst.backbones.factory import ARCHITECTURES
 from pointgst.backbones.pointgpt import SIZES
 
-from .cli_runs import run_cli_here
 from .reference_dapt_pointgpt import ReferenceGPTDAPT, official_trainable, trained_reference
-from .test_dapt import clouds, dapt_module, modelnet40_test_shapes, needs_data, tiny_model
+from .test_dapt import (
+    assert_checkpointing_keeps_the_gradients,
+    assert_eval_is_deterministic_and_per_sample,
+    clouds,
+    converted_gives_the_reference_logits,
+    dapt_module,
+    needs_data,
+    tiny_model,
+)
 
 #: the official PointGPT-L DAPT configs' options (PointGST cfgs/pointgpt/dapt/*.yaml and models/GPT_DAPT.py): the
 #: adapter width 64 and dropout 0 are fixed in the code, the head is the cls token + max over every later token
@@ -49,24 +55,11 @@ def trainable_formula(c: int, depth: int, classes: int, rank: int = 64) -> int:
 @needs_data
 def test_official_checkpoint_converts_and_gives_the_official_logits(tmp_path, capsys):
     reference = trained_reference(40, 64)  # PointGPT-S size, the ModelNet40 config's 64 groups of 32
-    points = modelnet40_test_shapes(3)
-    with torch.no_grad():
-        expected = reference(points)
-    state = reference.state_dict()
-    assert sum(re.search(OFFICIAL_MARKER, k) is not None for k in state) == 12 * 8
-    torch.save({"base_model": {f"module.{k}": v for k, v in state.items()}, "epoch": 50}, tmp_path / "dapt.pth")
-    code, out, err = run_cli_here(["convert", tmp_path / "dapt.pth", tmp_path / "converted"], capsys)
-    assert code == 0 and "load_adapter" in out, err
-    loaded = pointgst.load_adapter(tmp_path / "converted" / "adapter", num_group=64).eval()
-    config = loaded.peft_config["default"]
-    assert config.method == "dapt" and config.preset == "official" and config.bn_stats == "update"
-    options = config.method_configs()["dapt"]
+    assert sum(re.search(OFFICIAL_MARKER, k) is not None for k in reference.state_dict()) == 12 * 8
+    loaded = converted_gives_the_reference_logits(reference, tmp_path, capsys, epoch=50)
+    options = loaded.peft_config["default"].method_configs()["dapt"]
     assert {k: getattr(options, k) for k in ("rank", *GPT_HEAD)} == {"rank": 64, **GPT_HEAD}
     assert isinstance(dapt_module(loaded), GPTDAPT)
-    with torch.no_grad():
-        logits = loaded(points)
-    assert math.isfinite(logits.abs().max().item()) and logits.abs().max().item() > 0.1
-    assert (logits - expected).abs().max().item() <= 1e-5
 
 
 def test_official_names_cover_every_tensor_once_and_the_marker_matches_only_adapter_keys():
@@ -207,13 +200,8 @@ def test_joint_head_pools_prompts_and_patches_together_after_the_cls_token():
 
 
 def test_eval_forward_is_deterministic_and_per_sample():
-    model = gpt_model()
-    points = clouds(3, 5)
-    with torch.no_grad():
-        together, again = model(points), model(points)
-        alone = torch.cat([model(points[i:i + 1]) for i in range(3)])
-    assert together.shape == (3, 5) and torch.equal(together, again)
-    assert (together - alone).abs().max().item() <= 1e-5
+    together = assert_eval_is_deterministic_and_per_sample(gpt_model(), clouds(3, 5))
+    assert together.shape == (3, 5)
 
 
 def test_one_training_step_reaches_every_dapt_tensor_and_no_backbone_weight():
@@ -240,12 +228,4 @@ def test_cls_norm_starts_as_the_backbones_and_is_saved_with_the_adapter(tmp_path
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
-    grads = []
-    for recompute in (False, True):
-        model = gpt_model(adapter_dropout=0.2).train()
-        if recompute:
-            model.gradient_checkpointing_enable()
-        torch.manual_seed(7)  # the same dropout draws in both runs
-        F.cross_entropy(model(clouds(2, 8)), torch.arange(2)).backward()
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad]))
-    assert grads[0].abs().max() > 0 and (grads[0] - grads[1]).abs().max().item() <= 1e-6
+    assert_checkpointing_keeps_the_gradients(lambda: gpt_model(adapter_dropout=0.2), clouds(2, 8))

@@ -13,13 +13,14 @@ import torch.nn.functional as F
 
 import pointgst
 from pointgst.adapters import METHODS
-from pointgst.adapters.idpt import OFFICIAL_MARKER, IDPTConfig, options_from_official
+from pointgst.adapters.idpt import IDPT, OFFICIAL_MARKER, IDPTConfig, options_from_official
 from pointgst.backbones.factory import ARCHITECTURES
 from pointgst.converting import official_method
 from pointgst.errors import CheckpointError, UnknownNameError
 
 from .cli_runs import run_cli_here
 from .reference_idpt import trained_reference
+from .test_dapt import assert_eval_is_deterministic_and_per_sample
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "modelnet40_1024").is_dir(), reason="shared ModelNet40 pack absent")
@@ -41,7 +42,7 @@ def tiny_idpt(**options) -> torch.nn.Module:
     return pointgst.wrap(pointgst.create_backbone("point_mae_tiny", **TINY), method="idpt", **options)
 
 
-def idpt_module(model: torch.nn.Module) -> torch.nn.Module:
+def idpt_module(model: torch.nn.Module) -> IDPT:
     return model.base_model.model.pipeline.pointgst_module["default"]
 
 
@@ -52,6 +53,36 @@ def convert(reference: torch.nn.Module, tmp_path: Path, capsys) -> Path:
     code, out, err = run_cli_here(["convert", tmp_path / "ckpt-best.pth", tmp_path / "converted"], capsys)
     assert code == 0 and "load_adapter" in out, err
     return tmp_path / "converted" / "adapter"
+
+
+def prompt_entry(model: torch.nn.Module, layers: torch.nn.ModuleList,
+                 index: int) -> tuple[list[int], torch.Tensor, torch.Tensor | None]:
+    """``model`` (eval) on two clouds: the sequence length each of ``layers`` receives, the generator's input
+    (2, G, C) and the output of layer ``index - 1`` (None when ``index`` is 0)."""
+    lengths, seen = [], {}
+    hooks = [layer.register_forward_pre_hook(lambda _, args: lengths.append(args[0].shape[1])) for layer in layers]
+    hooks.append(idpt_module(model).generator.register_forward_pre_hook(
+        lambda _, args: seen.update(generator=args[0])))
+    if index:
+        hooks.append(layers[index - 1].register_forward_hook(lambda _, args, out: seen.update(previous=out)))
+    with torch.no_grad():
+        model(clouds(2))
+    for hook in hooks:
+        hook.remove()
+    return lengths, seen["generator"], seen.get("previous")
+
+
+def assert_only_the_module_and_the_cls_tokens_train(model: torch.nn.Module) -> None:
+    """The trainable parameters are the IDPT module's, the cls token and its position; one training step gives each
+    a non-zero gradient and every other parameter none."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    own = "base_model.model.{}.pointgst_module.default.{}"
+    assert trainable == {own.format("pipeline", n) for n, _ in idpt_module(model).named_parameters()} | \
+        {own.format("special_tokens", n) for n in ("cls_token", "cls_pos")}
+    model.train()
+    F.cross_entropy(model(clouds(4)), torch.arange(4) % 5).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in trainable)
+    assert all(p.grad is None for n, p in model.named_parameters() if n not in trainable)
 
 
 # ------------------------------------------------------------------------------------------------ official fidelity
@@ -162,46 +193,22 @@ def test_trainable_parameters_equal_the_official_counts(classes, groups, options
 @pytest.mark.parametrize("prompt_block, index", [(-1, 3), (1, 1), (0, 0), (-4, 0)])
 def test_the_prompt_enters_before_its_block_from_the_tokens_that_block_receives(prompt_block, index):
     model = tiny_idpt(prompt_block=prompt_block).eval()
-    backbone, module = model.get_base_model(), idpt_module(model)
-    lengths, seen = [], {}
-    hooks = [block.register_forward_pre_hook(lambda _, args: lengths.append(args[0].shape[1]))
-             for block in backbone.blocks.blocks]
-    hooks.append(module.generator.register_forward_pre_hook(lambda _, args: seen.update(generator=args[0])))
-    if index:
-        hooks.append(backbone.blocks.blocks[index - 1].register_forward_hook(
-            lambda _, args, out: seen.update(block=out)))
-    with torch.no_grad():
-        model(clouds(2))
-    for hook in hooks:
-        hook.remove()
+    lengths, generator_input, previous = prompt_entry(model, model.get_base_model().blocks.blocks, index)
     assert lengths == [33] * index + [34] * (4 - index)  # [cls, 32 point tokens], then the prompt joins
     if index:  # the point tokens the block outputs, before the positions are added
-        assert torch.equal(seen["generator"], seen["block"][:, 1:])
-    assert seen["generator"].shape == (2, 32, 192)
+        assert torch.equal(generator_input, previous[:, 1:])
+    assert generator_input.shape == (2, 32, 192)
 
 
 def test_eval_forward_is_deterministic_and_per_sample():
-    model = tiny_idpt().eval()
-    points = clouds(3, seed=4)
-    with torch.no_grad():
-        batched, again = model(points), model(points)
-        alone = torch.cat([model(points[i:i + 1]) for i in range(3)])
-    assert torch.equal(batched, again)
-    assert (batched - alone).abs().max().item() <= 1e-5
+    assert_eval_is_deterministic_and_per_sample(tiny_idpt().eval(), clouds(3, seed=4))
 
 
 def test_only_the_generator_the_head_and_the_cls_tokens_train():
     model = tiny_idpt()
     module = idpt_module(model)
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    own = "base_model.model.{}.pointgst_module.default.{}"
-    assert trainable == {own.format("pipeline", n) for n, _ in module.named_parameters()} | \
-        {own.format("special_tokens", n) for n in ("cls_token", "cls_pos")}
     assert "prompt_pos" in dict(module.named_buffers())  # kept, saved, never trained
-    model.train()
-    F.cross_entropy(model(clouds(4)), torch.arange(4) % 5).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in trainable)
-    assert all(p.grad is None for n, p in model.named_parameters() if n not in trainable)
+    assert_only_the_module_and_the_cls_tokens_train(model)
     assert set(module.official_names()) == set(module.state_dict())
 
 

@@ -5,7 +5,6 @@ layout (IDPT's official code has no PointGPT variant)."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import pointgst
 from pointgst.adapters.idpt import IDPT, options_from_official
@@ -13,22 +12,16 @@ from pointgst.backbones.factory import ARCHITECTURES
 from pointgst.errors import CheckpointError
 
 from .cli_runs import run_cli_here
+from .test_dapt import assert_eval_is_deterministic_and_per_sample
+from .test_idpt import assert_only_the_module_and_the_cls_tokens_train, clouds, idpt_module, prompt_entry
 
 GROUPING = dict(num_classes=5, num_group=32, group_size=16)
-
-
-def clouds(batch: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, 128, 3, generator=torch.Generator().manual_seed(seed))
 
 
 def idpt_on(arch: str, **options) -> torch.nn.Module:
     """``arch`` + IDPT, 32 groups of 16 points, 5 classes, seeded."""
     torch.manual_seed(3)
     return pointgst.wrap(pointgst.create_backbone(arch, **GROUPING), method="idpt", **options)
-
-
-def idpt_module(model: torch.nn.Module) -> IDPT:
-    return model.base_model.model.pipeline.pointgst_module["default"]
 
 
 def roughen(model: torch.nn.Module) -> None:
@@ -91,22 +84,11 @@ def test_each_family_runs_its_sequence_with_the_prompt_after_its_special_tokens(
 @pytest.mark.parametrize("prompt_block, index", [(-1, 11), (5, 5), (0, 0), (-12, 0)])
 def test_on_pointgpt_the_prompt_enters_before_its_layer_from_the_tokens_that_layer_receives(prompt_block, index):
     model = idpt_on("pointgpt_s", prompt_block=prompt_block).eval()
-    backbone, module = model.get_base_model(), idpt_module(model)
-    lengths, seen = [], {}
-    hooks = [layer.register_forward_pre_hook(lambda _, args: lengths.append(args[0].shape[1]))
-             for layer in backbone.blocks.layers]
-    hooks.append(module.generator.register_forward_pre_hook(lambda _, args: seen.update(generator=args[0])))
-    if index:
-        hooks.append(backbone.blocks.layers[index - 1].register_forward_hook(
-            lambda _, args, out: seen.update(layer=out)))
-    with torch.no_grad():
-        model(clouds(2))
-    for hook in hooks:
-        hook.remove()
+    lengths, generator_input, previous = prompt_entry(model, model.get_base_model().blocks.layers, index)
     assert lengths == [34] * index + [35] * (12 - index)  # [sos, cls, 32 point tokens], then the prompt joins
     if index:  # the point tokens the previous layer outputs, before the positions are added
-        assert torch.equal(seen["generator"], seen["layer"][:, 2:])
-    assert seen["generator"].shape == (2, 32, 384)
+        assert torch.equal(generator_input, previous[:, 2:])
+    assert generator_input.shape == (2, 32, 384)
 
 
 @pytest.mark.parametrize("arch, depth", [("pointgpt_s", 12), ("pointgpt_b", 12), ("pointgpt_l", 24)])
@@ -163,13 +145,7 @@ def test_the_head_reads_cls_at_1_the_prompt_at_2_and_the_point_tokens_after_cls_
 # ------------------------------------------------------------------------------------------------ behaviour
 
 def test_eval_forward_on_pointgpt_is_deterministic_and_per_sample():
-    model = idpt_on("pointgpt_s").eval()
-    points = clouds(3, seed=4)
-    with torch.no_grad():
-        batched, again = model(points), model(points)
-        alone = torch.cat([model(points[i:i + 1]) for i in range(3)])
-    assert torch.equal(batched, again)
-    assert (batched - alone).abs().max().item() <= 1e-5
+    assert_eval_is_deterministic_and_per_sample(idpt_on("pointgpt_s").eval(), clouds(3, seed=4))
 
 
 def test_on_pointgpt_the_generator_the_head_cls_norm_and_the_cls_tokens_train():
@@ -178,16 +154,9 @@ def test_on_pointgpt_the_generator_the_head_cls_norm_and_the_cls_tokens_train():
     # the module's cls_norm starts as the backbone's (the official PointGPT head norm), as its own tensors
     assert torch.equal(module.cls_norm.weight, backbone.blocks.cls_norm.weight)
     assert module.cls_norm.weight.data_ptr() != backbone.blocks.cls_norm.weight.data_ptr()
-    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    own = "base_model.model.{}.pointgst_module.default.{}"
-    assert trainable == {own.format("pipeline", n) for n, _ in module.named_parameters()} | \
-        {own.format("special_tokens", n) for n in ("cls_token", "cls_pos")}
     assert {n.split(".")[0] for n, _ in module.named_parameters()} == {"generator", "head", "cls_norm"}
-    model.train()
-    F.cross_entropy(model(clouds(4)), torch.arange(4) % 5).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if n in trainable)
-    # the backbone's sos, sos_pos, layers, ln_f and its own (unused) cls_norm and head get none
-    assert all(p.grad is None for n, p in model.named_parameters() if n not in trainable)
+    # the backbone's sos, sos_pos, layers, ln_f and its own (unused) cls_norm and head get no gradient
+    assert_only_the_module_and_the_cls_tokens_train(model)
 
 
 # ------------------------------------------------------------------------------------------------ parameter counts

@@ -6,8 +6,8 @@ The reference here is written in this file from the official formulas (``docs/of
 ``torch.cdist``, ``d_min`` the smallest positive entry of the whole distance tensor (round-off on the diagonal
 included), ``W = 1 / (L / d_min + I)``, ``L = I - D^-1/2 W D^-1/2`` as matrix products with ``rsqrt(D + 1e-6)``,
 ``eigh`` in float32, forward transform ``U x``; and a Point-MAE + PCSA model in the official key layout with the
-official block order and explicit-softmax attention. Grouping (FPS, kNN) and the Morton key use pointgst's ops,
-which have their own reference tests.
+official block order and explicit-softmax attention (the Point-MAE parts of ``tests/official_point_mae.py``).
+Grouping (FPS, kNN) and the Morton key use pointgst's ops, which have their own reference tests.
 """
 
 import math
@@ -22,9 +22,10 @@ from torch import nn
 import pointgst
 from pointgst.adapters.pcsa import PCSAConfig
 from pointgst.adapters.pcsa.config import OFFICIAL_OPTIONS
-from pointgst.ops import farthest_point_sample, gather_points, knn_indices, z_order_key
+from pointgst.ops import farthest_point_sample, gather_points, z_order_key
 from pointgst.spectral import compute_spectral_basis, eigh
 
+from . import official_point_mae as mae
 from .cli_runs import run_cli_here
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -85,45 +86,23 @@ class ReferencePointGST(nn.Module):
                  rank: int = 36, local_size: int = 32):
         super().__init__()
         self.num_group, self.heads, self.local_size = num_group, heads, local_size
-        self.encoder = nn.Module()
-        self.encoder.first_conv = nn.Sequential(nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(),
-                                                nn.Conv1d(128, 256, 1))
-        self.encoder.second_conv = nn.Sequential(nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(),
-                                                 nn.Conv1d(512, dim, 1))
+        self.encoder = mae.official_encoder(dim)
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.cls_pos = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
-        self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, dim))
-        self.blocks = nn.Module()
-        self.blocks.blocks = nn.ModuleList()
-        for _ in range(depth):
-            block = nn.Module()
-            block.norm1, block.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-            block.attn = nn.Module()
-            block.attn.qkv, block.attn.proj = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim)
-            block.mlp = nn.Module()
-            block.mlp.fc1, block.mlp.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
+        self.pos_embed = mae.official_pos_embed(dim)
+
+        def add_pcsa(block: nn.Module) -> None:
             block.gft_adapter = nn.ModuleDict(dict(down=nn.Linear(dim, rank), up=nn.Linear(rank, dim),
                                                    adapt1=nn.Linear(rank, rank), norm_ly1=nn.LayerNorm(rank),
                                                    norm_ly2=nn.LayerNorm(rank)))
-            self.blocks.blocks.append(block)
-        self.norm = nn.LayerNorm(dim)
-        self.cls_head_finetune = nn.Sequential(nn.Linear(2 * dim, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.5),
-                                               nn.Linear(256, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Dropout(0.5),
-                                               nn.Linear(256, num_classes))
 
-    def attention(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = attn.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        weights = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).softmax(dim=-1)
-        return attn.proj((weights @ v).transpose(1, 2).reshape(b, n, c))
+        self.blocks = mae.official_blocks(dim, depth, add_pcsa)
+        self.norm = nn.LayerNorm(dim)
+        self.cls_head_finetune = mae.official_head(2 * dim, num_classes)
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
-        centers = gather_points(points, farthest_point_sample(points, self.num_group, skip_near_origin=True))
-        patches = gather_points(points, knn_indices(centers, points, 32)) - centers.unsqueeze(2)
-        b, g, k, _ = patches.shape
-        feature = self.encoder.first_conv(patches.reshape(b * g, k, 3).transpose(2, 1))
-        feature = torch.cat([feature.max(dim=2, keepdim=True).values.expand(-1, -1, k), feature], dim=1)
-        tokens = self.encoder.second_conv(feature).max(dim=2).values.reshape(b, g, -1)
+        tokens, centers = mae.group_and_encode(self.encoder, points, self.num_group)
+        b = points.shape[0]
         basis = reference_basis(centers)
         local = reference_local_bases(centers, self.local_size)
         order = reference_local_order(centers)
@@ -131,7 +110,7 @@ class ReferencePointGST(nn.Module):
         pos = torch.cat([self.cls_pos.expand(b, -1, -1), self.pos_embed(centers)], dim=1)
         for block in self.blocks.blocks:
             x = x + pos
-            x = x + self.attention(block.attn, block.norm1(x))
+            x = x + mae.explicit_attention(block.attn, block.norm1(x), self.heads)
             t = pcsa_forward(block.gft_adapter, x, basis, local, order)
             x = x + block.mlp.fc2(F.gelu(block.mlp.fc1(block.norm2(x)))) + t
         x = self.norm(x)

@@ -17,6 +17,7 @@ from pointgst.ops import farthest_point_sample
 
 from .cli_runs import run_cli_here
 from .reference_ppt import OFFICIAL_TRAINABLE, ReferencePPT, trained_reference
+from .test_dapt import assert_eval_is_deterministic_and_per_sample
 from .test_official_pointgst import ReferencePointGST, modelnet40_test_shapes, needs_data
 
 TINY = {"num_group": 32, "group_size": 16}
@@ -46,6 +47,38 @@ def wrapped_like(reference: ReferencePPT, **options) -> torch.nn.Module:
     module = module_of(model)
     module.load_state_dict({k: state[v] for k, v in module.official_names().items()})
     return model.eval()
+
+
+def assert_the_module_runs_its_copies_and_all_learn(model: torch.nn.Module, unused: list[torch.Tensor],
+                                                    used: torch.Tensor) -> None:
+    """In eval, shifting the ``unused`` tensors leaves the logits as they were and shifting ``used`` changes them;
+    then one training step gives every trainable tensor a non-zero gradient."""
+    x = clouds(3)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+        for tensor in unused:
+            tensor.add_(1.0)
+        assert torch.equal(model(x), before)
+        used.add_(0.1)
+        assert not torch.allclose(model(x), before)
+    model.train()
+    torch.nn.functional.cross_entropy(model(clouds(4, seed=2)), torch.tensor([0, 1, 2, 3])).backward()
+    silent = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert silent == []
+
+
+def assert_checkpointing_keeps_the_gradients(model: torch.nn.Module) -> None:
+    """The gradients of ``model`` (train) and of a copy with gradient checkpointing on its backbone, for the same
+    seeded stochastic-depth and dropout draws: equal within 1e-5."""
+    recomputed = copy.deepcopy(model)
+    recomputed.get_base_model().gradient_checkpointing_enable()
+    grads = []
+    for m in (model, recomputed):
+        torch.manual_seed(5)  # the same stochastic depth and dropout draws
+        m(clouds(4)).square().sum().backward()
+        grads.append({n: p.grad for n, p in m.named_parameters() if p.requires_grad})
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-5) for n in grads[0])
 
 
 # ------------------------------------------------------------------------------------------------ official fidelity
@@ -125,13 +158,7 @@ def test_sequence_is_cls_points_prompts():
 
 
 def test_eval_forward_is_deterministic_and_per_sample():
-    model = tiny_model().eval()
-    x = clouds(3)
-    with torch.no_grad():
-        batch = model(x)
-        assert torch.equal(model(x), batch)
-        alone = torch.cat([model(x[i:i + 1]) for i in range(3)])
-    assert (alone - batch).abs().max().item() <= 1e-5
+    assert_eval_is_deterministic_and_per_sample(tiny_model().eval(), clouds(3))
 
 
 def test_the_module_runs_its_own_encoder_layer_and_positions_and_every_trainable_tensor_learns():
@@ -140,19 +167,8 @@ def test_the_module_runs_its_own_encoder_layer_and_positions_and_every_trainable
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert all(".pipeline.pointgst_module.default." in n or ".special_tokens." in n for n in trainable)
     assert not backbone.encoder.first_conv[0].weight.requires_grad and module.first_conv[0].weight.requires_grad
-    x = clouds(3)
-    model.eval()
-    with torch.no_grad():
-        before = model(x)
-        backbone.encoder.first_conv[0].weight.add_(1.0)  # the backbone's own copies are unused
-        backbone.pos_embed[0].weight.add_(1.0)
-        assert torch.equal(model(x), before)
-        module.pos_embed[0].weight.add_(0.1)
-        assert not torch.allclose(model(x), before)
-    model.train()
-    torch.nn.functional.cross_entropy(model(clouds(4, seed=2)), torch.tensor([0, 1, 2, 3])).backward()
-    silent = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
-    assert silent == []
+    unused = [backbone.encoder.first_conv[0].weight, backbone.pos_embed[0].weight]  # the backbone's own copies
+    assert_the_module_runs_its_copies_and_all_learn(model, unused, module.pos_embed[0].weight)
 
 
 def test_official_preset_encodes_the_prompts_again_and_its_statistics_drift_twice():
@@ -172,15 +188,7 @@ def test_official_preset_encodes_the_prompts_again_and_its_statistics_drift_twic
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
-    model = tiny_model().train()
-    recomputed = copy.deepcopy(model)
-    recomputed.get_base_model().gradient_checkpointing_enable()
-    grads = []
-    for m in (model, recomputed):
-        torch.manual_seed(5)  # the same stochastic depth draws
-        m(clouds(4)).square().sum().backward()
-        grads.append({n: p.grad for n, p in m.named_parameters() if p.requires_grad})
-    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-5) for n in grads[0])
+    assert_checkpointing_keeps_the_gradients(tiny_model().train())
 
 
 def test_a_second_official_adapter_copies_the_backbones_own_layers():

@@ -18,7 +18,14 @@ from pointgst.converting import convert_method_state, official_method
 from pointgst.ops import farthest_point_sample
 
 from .reference_ppt import OFFICIAL_TRAINABLE
+from .test_dapt import assert_eval_is_deterministic_and_per_sample
 from .test_official_pointgst import modelnet40_test_shapes, needs_data
+from .test_ppt import (
+    assert_checkpointing_keeps_the_gradients,
+    assert_the_module_runs_its_copies_and_all_learn,
+    clouds,
+    module_of,
+)
 
 TINY = {"num_group": 32, "group_size": 16}
 S = 2  # PointGPT's special tokens: [sos, cls]
@@ -33,14 +40,6 @@ def gpt_backbone() -> torch.nn.Module:
 def wrapped(backbone: torch.nn.Module, **options) -> torch.nn.Module:
     torch.manual_seed(4)
     return pointgst.wrap(copy.deepcopy(backbone), method="ppt", **options)
-
-
-def module_of(model: torch.nn.Module) -> torch.nn.Module:
-    return model.base_model.model.pipeline.pointgst_module["default"]
-
-
-def clouds(batch: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(batch, 128, 3, generator=torch.Generator().manual_seed(seed))
 
 
 def captured(model: torch.nn.Module, points: torch.Tensor, hooks: dict) -> dict:
@@ -158,13 +157,7 @@ def test_with_its_mlps_at_zero_the_prompts_are_pointgpts_own_tokens_and_the_head
 
 
 def test_eval_forward_is_deterministic_and_per_sample(gpt_backbone):
-    model = wrapped(gpt_backbone).eval()
-    x = clouds(3)
-    with torch.no_grad():
-        batch = model(x)
-        assert torch.equal(model(x), batch)
-        alone = torch.cat([model(x[i:i + 1]) for i in range(3)])
-    assert (alone - batch).abs().max().item() <= 1e-5
+    batch = assert_eval_is_deterministic_and_per_sample(wrapped(gpt_backbone).eval(), clouds(3))
     assert (batch[0] - batch[1]).abs().max().item() > 1e-4
 
 
@@ -190,32 +183,13 @@ def test_trainable_tensors_and_their_gradients(gpt_backbone):
     assert module.pos_embed is None and not any(base.pos_embed.parameters())  # the sine embedding: nothing to train
     frozen = [base.blocks.sos, base.sos_pos, base.encoder.first_conv[0].weight, base.blocks.cls_norm.weight]
     assert not any(p.requires_grad for p in frozen)
-    x = clouds(3)
-    model.eval()
-    with torch.no_grad():
-        before = model(x)
-        base.encoder.first_conv[0].weight.add_(1.0)  # the backbone's own copies are unused
-        base.blocks.cls_norm.weight.add_(1.0)
-        base.get_classifier()[0].weight.add_(1.0)
-        assert torch.equal(model(x), before)
-        module.cls_norm.bias.add_(0.1)  # this module's copy is the head's norm
-        assert not torch.allclose(model(x), before)
-    model.train()
-    torch.nn.functional.cross_entropy(model(clouds(4, seed=2)), torch.tensor([0, 1, 2, 3])).backward()
-    silent = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
-    assert silent == []
+    # the backbone's own copies are unused; this module's cls_norm copy is the head's norm
+    unused = [base.encoder.first_conv[0].weight, base.blocks.cls_norm.weight, base.get_classifier()[0].weight]
+    assert_the_module_runs_its_copies_and_all_learn(model, unused, module.cls_norm.bias)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(gpt_backbone):
-    model = wrapped(gpt_backbone).train()
-    recomputed = copy.deepcopy(model)
-    recomputed.get_base_model().gradient_checkpointing_enable()
-    grads = []
-    for m in (model, recomputed):
-        torch.manual_seed(5)  # the same dropout draws in the head
-        m(clouds(4)).square().sum().backward()
-        grads.append({n: p.grad for n, p in m.named_parameters() if p.requires_grad})
-    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-5) for n in grads[0])
+    assert_checkpointing_keeps_the_gradients(wrapped(gpt_backbone).train())
 
 
 # first_conv of the patch encoder: S 3-128(BN)-256; B/L 3-256(BN)-512(BN)-1024 (Conv1d weights + biases, BN affine)

@@ -88,7 +88,8 @@ FEWSHOT = {f"fewshot-{w}w{s}s.point_mae": (w, s) for w, s in ((5, 10), (5, 20), 
 #: part segmentation: the official Point-MAE setting on the Point-MAE-architecture backbones, and pointgst's CPU one
 SEGMENTATION = {f"shapenetpart.{b}" for b in PAPER_BACKBONES + POINTGPT_SB} | {"shapenetpart.point_mae_tiny"}
 #: the other papers' methods on Point-MAE at their official settings (tests/test_method_recipes.py)
-METHOD_RECIPES = {f"{d}.point_mae.{m}" for m in ("dapt", "gaprompt", "idpt", "ppt") for d in DATASETS}
+METHOD_RECIPES = {f"{d}.point_mae.{m}" for m in ("dapt", "gaprompt", "idpt", "ppt") for d in DATASETS} | \
+    {f"{d}.pointgpt_l.dapt" for d in DATASETS} | {f"{d}.recon.ppt" for d in DATASETS}
 
 
 def _name(backbone: str, dataset: str) -> str:
@@ -105,7 +106,7 @@ def _yaml_files() -> dict[str, Path]:
 def test_every_setting_exists():
     expected = {_name(b, d) for b in PAPER_BACKBONES + POINTGPT_SB for d in DATASETS} | {SMALL} | TINY | \
         set(FEWSHOT) | SEGMENTATION | METHOD_RECIPES
-    assert len(expected) == 16 + 8 + 1 + 3 + 4 + 7 + 16
+    assert len(expected) == 16 + 8 + 1 + 3 + 4 + 7 + 16 + 4 + 4
     assert set(list_recipes()) == expected
     assert list_recipes() == sorted(expected)
     assert set(_yaml_files()) == expected  # no stray file in recipes/

@@ -13,8 +13,8 @@ import pointgst
 from pointgst.backbones import factory
 from pointgst.backbones.segmentation import PointMAESegmentation, default_fetch_layers, three_nn_interpolate
 from pointgst.errors import CheckpointError
-from pointgst.ops import farthest_point_sample, gather_points, knn_indices
 
+from . import official_point_mae as mae
 from .official_layout import point_mae_segmentation
 from .segmentation_reference import as_trained, reference_head
 
@@ -42,22 +42,9 @@ class ReferenceSegmentation(nn.Module):
     def __init__(self, parts: int = 50, dim: int = 384, depth: int = 12, heads: int = 6, num_group: int = 128):
         super().__init__()
         self.heads, self.num_group = heads, num_group
-        self.encoder = nn.Module()
-        self.encoder.first_conv = nn.Sequential(nn.Conv1d(3, 128, 1), nn.BatchNorm1d(128), nn.ReLU(),
-                                                nn.Conv1d(128, 256, 1))
-        self.encoder.second_conv = nn.Sequential(nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(),
-                                                 nn.Conv1d(512, dim, 1))
-        self.pos_embed = nn.Sequential(nn.Linear(3, 128), nn.GELU(), nn.Linear(128, dim))
-        self.blocks = nn.Module()
-        self.blocks.blocks = nn.ModuleList()
-        for _ in range(depth):
-            block = nn.Module()
-            block.norm1, block.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-            block.attn = nn.Module()
-            block.attn.qkv, block.attn.proj = nn.Linear(dim, 3 * dim, bias=False), nn.Linear(dim, dim)
-            block.mlp = nn.Module()
-            block.mlp.fc1, block.mlp.fc2 = nn.Linear(dim, 4 * dim), nn.Linear(4 * dim, dim)
-            self.blocks.blocks.append(block)
+        self.encoder = mae.official_encoder(dim)
+        self.pos_embed = mae.official_pos_embed(dim)
+        self.blocks = mae.official_blocks(dim, depth)
         self.norm = nn.LayerNorm(dim)
         self.label_conv = nn.Sequential(nn.Conv1d(16, 64, 1, bias=False), nn.BatchNorm1d(64), nn.LeakyReLU(0.2))
         self.propagation_0 = nn.Module()
@@ -67,25 +54,13 @@ class ReferenceSegmentation(nn.Module):
         self.convs3 = nn.Conv1d(256, parts, 1)
         self.bns1, self.bns2 = nn.BatchNorm1d(512), nn.BatchNorm1d(256)
 
-    def attention(self, attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        b, n, c = x.shape
-        q, k, v = attn.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        weights = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).softmax(dim=-1)
-        return attn.proj((weights @ v).transpose(1, 2).reshape(b, n, c))
-
     def forward(self, points: torch.Tensor, category: torch.Tensor) -> torch.Tensor:
         """points (B, N, 3), category (B,) -> log-probabilities (B, N, parts), as the official forward returns."""
-        b, n, _ = points.shape
-        centers = gather_points(points, farthest_point_sample(points, self.num_group))
-        patches = gather_points(points, knn_indices(centers, points, 32)) - centers.unsqueeze(2)
-        g, k = patches.shape[1:3]
-        feature = self.encoder.first_conv(patches.reshape(b * g, k, 3).transpose(2, 1))
-        feature = torch.cat([feature.max(dim=2, keepdim=True).values.expand(-1, -1, k), feature], dim=1)
-        x = self.encoder.second_conv(feature).max(dim=2).values.reshape(b, g, -1)
+        x, centers = mae.group_and_encode(self.encoder, points, self.num_group, skip_near_origin=False)
         pos, fetched = self.pos_embed(centers), []
         for i, block in enumerate(self.blocks.blocks):
             x = x + pos
-            x = x + self.attention(block.attn, block.norm1(x))
+            x = x + mae.explicit_attention(block.attn, block.norm1(x), self.heads)
             x = x + block.mlp.fc2(F.gelu(block.mlp.fc1(block.norm2(x))))
             if i in (3, 7, 11):
                 fetched.append(self.norm(x).transpose(1, 2))
@@ -182,6 +157,7 @@ def test_params_show_the_segmentation_head_separately(capsys):
     assert code == 0, err
     assert "deepla_head             620,610" in printed and "linear                5,238,706" in printed
     assert "full                 27,063,730  100.00%" in printed
+    assert "(not on point_mae_seg: dapt, idpt, gaprompt, ppt)" in printed  # classification-only methods
 
 
 def test_a_saved_segmentation_model_keeps_its_fetched_blocks_and_only_adapts_the_blocks_that_run(tmp_path):
