@@ -3,10 +3,11 @@ with the same recipe, seed and budget: writes ``benchmarks/RESULTS.md``.
 
 Methods: ``linear`` (head only), ``pcsa``, ``pcsa`` with the ``official`` preset (and the same with exact centre
 distances, the preset's graphs before the official ``torch.cdist`` construction was reproduced), ``dcnv4``,
-``deepla_head``, ``dapt``, ``idpt``, ``gaprompt``, ``ppt`` (their official ModelNet40 options), ``lora``, ``full``, and
-``pcsa`` on a randomly initialised backbone of the same architecture (what pretraining brings). Each is one ``pointgst train modelnet40.point_mae_tiny --set method.name=...`` run in its own
-process (so its peak memory is its own), into ``--out/<label>``. A run whose folder already holds a ``summary.json`` is not
-repeated, so an interrupted benchmark continues where it stopped (``--fresh`` starts over in a new folder).
+``deepla_head``, ``lora``, ``full``, ``dapt``, ``idpt``, ``gaprompt``, ``ppt`` (their official ModelNet40 options), and
+``pcsa`` on a randomly initialised backbone of the same architecture (what pretraining brings). Each is one
+``pointgst train modelnet40.point_mae_tiny --set method.name=...`` run in its own process (so its peak memory is its
+own), into ``--out/<label>``. A run whose folder already holds a ``summary.json`` is not repeated, so an interrupted
+benchmark continues where it stopped (``--fresh`` starts over in a new folder).
 
 Reported per method: test accuracy and mean class accuracy of the **last** epoch (no model selection, so the
 numbers are fair to compare and not tuned on the test split), trainable parameters, mean seconds per training epoch,
@@ -62,7 +63,8 @@ ENTRIES = [
     Entry("lora", ("method.name=lora", "method.options={}"), "LoRA on the blocks' linear layers (peft)"),
     Entry("full", ("method.name=full", "method.options={}"), "every weight trained"),
     Entry("dapt", ("method.name=dapt", "method.options={}"),
-          "DAPT: dynamic adapters, one internal prompt per block, scale-and-shift factors (official ModelNet40 options)"),
+          "DAPT: dynamic adapters, one internal prompt per block, scale-and-shift factors (official ModelNet40 "
+          "options)"),
     Entry("idpt", ("method.name=idpt", "method.options={}"),
           "IDPT: a DGCNN prompt generator before the last block (official ModelNet40 options)"),
     Entry("gaprompt", ("method.name=gaprompt", "method.options={}"),

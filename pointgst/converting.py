@@ -144,7 +144,8 @@ def convert_method_state(state: dict[str, Tensor], spec: MethodSpec, file: Path,
     def fill(tmp: Path) -> dict:
         write_weights_folder(clean_state, tmp / BACKBONE_DIR,
                              {"format": FOLDER_FORMAT, "architecture": arch, "num_classes": backbone.num_classes,
-                              "source_file": file.name, "note": f"frozen weights of a {spec.name} fine-tuned checkpoint"})
+                              "source_file": file.name,
+                              "note": f"frozen weights of a {spec.name} fine-tuned checkpoint"})
         model.save_pretrained(tmp / ADAPTER_DIR)
         return {"format": "pointgst-converted-method", "method": spec.name, "source_file": file.name}
 

@@ -13,7 +13,8 @@ METHOD = MethodSpec(
     name="dapt", config_class=DAPTConfig, attaches=FORWARD, exact_at_init=False, trains_cls_tokens=True,
     summary="DAPT: scale-and-shift factors around the frozen layers, a dynamic adapter parallel to each MLP, an "
             "internal prompt per block, cls token + position, its own head",
-    build=build_dapt, official_options=OFFICIAL_OPTIONS, official_marker=OFFICIAL_MARKER, options_from_official=options_from_official,
+    build=build_dapt, official_options=OFFICIAL_OPTIONS, official_marker=OFFICIAL_MARKER,
+    options_from_official=options_from_official,
     backbones=POINT_MAE_FAMILY + POINTGPT_FAMILY)
 
 __all__ = ["DAPT", "DAPTBlock", "DAPTConfig", "DynamicAdapter", "GPTDAPT", "GPTDAPTBlock", "METHOD", "ScaleShift",

@@ -43,8 +43,8 @@ class DAPTBase(WholeForward):
         for own, layer in zip(self.blocks, layers):
             if pos is not None:
                 tail = x.shape[1] - (pos.shape[1] - specials)
-                x = torch.cat([x[:, :specials] + pos[:, :specials], x[:, specials:tail], x[:, tail:] + pos[:, specials:]],
-                              dim=1)
+                x = torch.cat([x[:, :specials] + pos[:, :specials], x[:, specials:tail],
+                               x[:, tail:] + pos[:, specials:]], dim=1)
             x = checkpoint(own, layer, x, use_reentrant=False) if recompute else own(layer, x)
         return x
 

@@ -30,9 +30,10 @@ HEAD_HANDLES = {"classification": CLASSIFY, "segmentation": SEGMENT}
 def default_target_modules(model: nn.Module, config: PointGSTConfig) -> list[str]:
     """Names of the handles and modules a config adapts in ``model`` (a pointgst backbone): the branches of every
     transformer block for a parallel method, the head handle of the model's task for a head method (``classify``, or
-    a segmentation model's ``segment``), the ``pipeline`` handle for a ``forward`` method, always the cls tokens (each adapter owns copies; a segmentation model has
-    none, and its ``segment`` handle is always a target instead, so that a head-only adapter has one too), and with
-    ``bn_stats="update"`` every frozen BatchNorm outside the head."""
+    a segmentation model's ``segment``), the ``pipeline`` handle for a ``forward`` method, always the cls tokens
+    (each adapter owns copies; a segmentation model has none, and its ``segment`` handle is always a target instead,
+    so that a head-only adapter has one too), and with ``bn_stats="update"`` every frozen BatchNorm outside the
+    head."""
     names = [SPECIAL_TOKENS] if model.num_special_tokens else [SEGMENT]
     if config.part(PARALLEL)[0] is not None:
         blocks = {id(block) for block in model.transformer_blocks}  # the extractor's blocks, not a generator's
