@@ -22,7 +22,8 @@ def test_every_forward_method_is_listed():
 
 
 @needs_data
-@pytest.mark.parametrize("method", FORWARD_METHODS)
+@pytest.mark.parametrize("method", [FORWARD_METHODS[0]] + [pytest.param(m, marks=pytest.mark.slow)
+                                                          for m in FORWARD_METHODS[1:]])  # the rest with -m slow
 def test_train_on_the_shipped_backbone_then_eval_gives_the_reported_accuracy(method, tmp_path: Path, capsys):
     run = tmp_path / method
     overrides = TINY + ["backbone.name=point_mae_tiny.modelnet40", f"method.name={method}", "method.options={}",
