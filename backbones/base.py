@@ -82,6 +82,17 @@ class PointBackbone(nn.Module):
         raise NotImplementedError
 
     @property
+    def final_norm(self) -> nn.Module:
+        """The frozen norm applied to the output of the last block (Point-MAE ``norm``, PointGPT ``blocks.ln_f``)."""
+        raise NotImplementedError
+
+    @property
+    def head_norm(self) -> nn.Module | None:
+        """The norm the head applies to the final tokens before pooling (PointGPT ``blocks.cls_norm``; a fine-tuning
+        head module, absent from pretraining checkpoints), or None."""
+        return None
+
+    @property
     def lora_target_parameters(self) -> list[str]:
         """Parameters (not modules) LoRA adapts, for projections that are not ``nn.Linear`` modules."""
         return []

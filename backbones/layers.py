@@ -42,6 +42,11 @@ class Handle(nn.Module):
     def forward(self, *args: Tensor) -> Any:
         return self.fn(*args)
 
+    @property
+    def owner(self) -> nn.Module:
+        """The module whose method this handle calls (the backbone, for its ``pipeline`` handle)."""
+        return self.fn.__self__
+
 
 class BlockStack(nn.Module):
     """Base of a module that runs transformer blocks: ``x = block(x + pos, geometry)`` for every block, each block's
@@ -115,28 +120,39 @@ class PatchEncoder(nn.Module):
     chunk_rows = 16384
 
     def forward(self, neighborhood: Tensor) -> Tensor:
-        b, g, k, _ = neighborhood.shape
-        patches = neighborhood.reshape(b * g, k, 3)
-        whole = (torch.is_grad_enabled() and (neighborhood.requires_grad or
-                                              any(p.requires_grad for p in self.parameters()))
-                 or any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.modules()))
-        per_chunk = len(patches) if whole else max(1, self.chunk_rows // k)  # batch statistics need every patch
-        tokens = [self._encode(chunk) for chunk in patches.split(per_chunk)]
-        return (tokens[0] if len(tokens) == 1 else torch.cat(tokens)).reshape(b, g, -1)
+        return encode_patches(self.first_conv, self.second_conv, neighborhood, self.chunk_rows)
 
-    def _encode(self, patches: Tensor) -> Tensor:
-        """(P, K, 3) centred patches -> (P, C) tokens."""
-        p, k, _ = patches.shape
-        local, local_bias = _pointwise(self.first_conv, patches.reshape(p * k, 3))  # bias still to add
-        local = local.reshape(p, k, -1)
-        pooled = local.max(dim=1).values + local_bias  # (P, L): the official global feature
-        # the layer after the concatenation [pooled, local + local_bias], split by the two parts of its input
-        weight, bias, used = _linear_params(self.second_conv, 0)
-        width = pooled.shape[1]
-        per_patch = F.linear(pooled, weight[:, :width], bias + weight[:, width:] @ local_bias)  # (P, H)
-        x = (F.linear(local, weight[:, width:]) + per_patch.unsqueeze(1)).reshape(p * k, -1)
-        x, out_bias = _pointwise(self.second_conv[used:], x)
-        return x.reshape(p, k, -1).max(dim=1).values + out_bias
+
+def encode_patches(first_conv: nn.Sequential, second_conv: nn.Sequential, neighborhood: Tensor,
+                   chunk_rows: int = PatchEncoder.chunk_rows) -> Tensor:
+    """The patch encoder's computation (:class:`PatchEncoder`) with the given layers: centred patches (B, G, K, 3) ->
+    tokens (B, G, C), in chunks of ``chunk_rows`` point rows where nothing needs the whole batch. A method that
+    retrains one half of a frozen encoder (PPT's ``first_conv``) passes its copy."""
+    b, g, k, _ = neighborhood.shape
+    patches = neighborhood.reshape(b * g, k, 3)
+    layers = (first_conv, second_conv)
+    whole = (torch.is_grad_enabled() and (neighborhood.requires_grad or
+                                          any(p.requires_grad for m in layers for p in m.parameters()))
+             or any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training
+                    for layer in layers for m in layer.modules()))
+    per_chunk = len(patches) if whole else max(1, chunk_rows // k)  # batch statistics need every patch
+    tokens = [_encode(first_conv, second_conv, chunk) for chunk in patches.split(per_chunk)]
+    return (tokens[0] if len(tokens) == 1 else torch.cat(tokens)).reshape(b, g, -1)
+
+
+def _encode(first_conv: nn.Sequential, second_conv: nn.Sequential, patches: Tensor) -> Tensor:
+    """(P, K, 3) centred patches -> (P, C) tokens."""
+    p, k, _ = patches.shape
+    local, local_bias = _pointwise(first_conv, patches.reshape(p * k, 3))  # bias still to add
+    local = local.reshape(p, k, -1)
+    pooled = local.max(dim=1).values + local_bias  # (P, L): the official global feature
+    # the layer after the concatenation [pooled, local + local_bias], split by the two parts of its input
+    weight, bias, used = _linear_params(second_conv, 0)
+    width = pooled.shape[1]
+    per_patch = F.linear(pooled, weight[:, :width], bias + weight[:, width:] @ local_bias)  # (P, H)
+    x = (F.linear(local, weight[:, width:]) + per_patch.unsqueeze(1)).reshape(p * k, -1)
+    x, out_bias = _pointwise(second_conv[used:], x)
+    return x.reshape(p, k, -1).max(dim=1).values + out_bias
 
 
 def _linear_params(layers: nn.Sequential, index: int) -> tuple[Tensor, Tensor, int]:

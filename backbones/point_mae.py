@@ -125,6 +125,10 @@ class PointMAE(PointBackbone):
     def transformer_blocks(self) -> list[nn.Module]:
         return list(self.blocks.blocks)
 
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.norm
+
     def sequence(self, tokens: Tensor, centers: Tensor) -> tuple[Tensor, Tensor]:
         """Point tokens (B, G, C) and their centres (B, G, 3) -> the blocks' input ``[cls, t_1..t_G]`` and its
         positions ``[cls_pos, pos_embed(c_1)..]``, each (B, 1 + G, C) (a forward method builds on it)."""

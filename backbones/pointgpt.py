@@ -64,6 +64,7 @@ class GPTBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(dim)
         self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
+        self.drop_path = nn.Identity()  # no stochastic depth; named as Point-MAE's block names its drop path
         self.attn_branch = Handle(self._attention)
         self.ffn_branch = Handle(self._feed_forward)
 
@@ -163,6 +164,14 @@ class PointGPT(PointBackbone):
     @property
     def transformer_blocks(self) -> list[nn.Module]:
         return list(self.blocks.layers)
+
+    @property
+    def final_norm(self) -> nn.Module:
+        return self.blocks.ln_f
+
+    @property
+    def head_norm(self) -> nn.Module:
+        return self.blocks.cls_norm
 
     @property
     def lora_target_parameters(self) -> list[str]:

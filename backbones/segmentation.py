@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pointgst.geometry import TokenGeometry
+from pointgst.ops import inverse_distance_interpolate
 from pointgst.validation import check_int, model_input
 
 from .base import PointBackbone
@@ -27,14 +28,10 @@ SEGMENTATION_HEAD = ("label_conv", "propagation_0", "convs1", "convs2", "convs3"
 
 def three_nn_interpolate(points: Tensor, centers: Tensor, features: Tensor) -> Tensor:
     """Inverse-distance interpolation from the 3 nearest centres: points (B, N, 3), centers (B, G, 3), features
-    (B, G, D) -> (B, N, D), weights ``1 / (d² + 1e-8)`` normalised to sum 1 (d² the squared distance)."""
+    (B, G, D) -> (B, N, D), weights ``1 / (d² + 1e-8)`` normalised to sum 1 (d² the squared distance, from
+    coordinate differences)."""
     distances = (points.unsqueeze(2) - centers.unsqueeze(1)).square().sum(-1)  # (B, N, G)
-    nearest, index = distances.topk(min(3, centers.shape[1]), dim=-1, largest=False)  # ascending
-    weights = 1.0 / (nearest + 1e-8)
-    weights = weights / weights.sum(-1, keepdim=True)
-    batch = torch.arange(len(features), device=features.device)[:, None, None]
-    gathered = features[batch, index]  # (B, N, 3, D); its gradient is (B, G, D), not (B, N, G, D)
-    return (gathered * weights.unsqueeze(-1)).sum(2)
+    return inverse_distance_interpolate(distances, features, 3, 1e-8)
 
 
 class FeaturePropagation(nn.Module):

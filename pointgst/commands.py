@@ -41,14 +41,13 @@ def params_command(args: argparse.Namespace) -> None:
     from pointgst.recipe import SEGMENTATION_DATASETS, list_recipes, load_recipe
 
     if args.name in list_recipes() or args.name.endswith((".yaml", ".yml")):  # the model a recipe trains
+        from pointgst.training.setup import wrap_recipe
+
         recipe = load_recipe(args.name, [])
-        task = "segmentation" if recipe.data.dataset in SEGMENTATION_DATASETS else "classification"
-        arch = task_architecture(parse_name(recipe.backbone.name)[0], task)
-        with torch.device("meta"):
-            backbone = ARCHITECTURES[arch](num_classes=recipe.data.num_classes, num_group=recipe.backbone.num_group,
-                                           group_size=recipe.backbone.group_size)
-            model = pointgst.wrap(backbone, method=recipe.method.name, **recipe.method.options)
-        print(f"recipe {recipe.name}: {recipe.data.num_classes} {'parts' if task == 'segmentation' else 'classes'}, "
+        with torch.device("meta"):  # the model the recipe trains, without its weights
+            model = wrap_recipe(recipe, pretrained=False)
+        labels = "parts" if recipe.data.dataset in SEGMENTATION_DATASETS else "classes"
+        print(f"recipe {recipe.name}: {recipe.data.num_classes} {labels}, "
               f"{recipe.backbone.num_group} groups of {recipe.backbone.group_size} points")
         print(pointgst.parameter_report(model))
         return

@@ -131,10 +131,10 @@ def convert_method_state(state: dict[str, Tensor], spec: MethodSpec, file: Path,
     options = {**(spec.options_from_official(state) if spec.options_from_official else {}), **(options or {})}
     model = wrap(backbone, method=spec.name, preset="official", **options)
     module = model.base_model.model.pipeline.pointgst_module["default"]
-    names, aliases = module.official_names(), module.official_aliases()
+    names, aliases, own_tensors = module.official_names(), module.official_aliases(), module.state_dict()
     absent = sorted(v for v in names.values() if v not in state)
     unknown = sorted(set(state) - set(from_file) - set(names.values()) - set(aliases))
-    wrong = [k for k, v in names.items() if v in state and state[v].shape != module.state_dict()[k].shape]
+    wrong = [k for k, v in names.items() if v in state and state[v].shape != own_tensors[k].shape]
     wrong += [a for a, twin in aliases.items() if a in state and not (twin in state and state[a].equal(state[twin]))]
     if absent or unknown or wrong:
         raise CheckpointError(f"{file}: the {spec.name} tensors do not fit {arch} with options {options} (missing: "

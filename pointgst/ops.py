@@ -154,6 +154,25 @@ def gather_points(values: Tensor, indices: Tensor) -> Tensor:
     return values.gather(1, flat).reshape(*indices.shape, values.shape[-1])
 
 
+def inverse_distance_interpolate(distances: Tensor, values: Tensor, neighbors: int, eps: float) -> Tensor:
+    """PointNet++-style interpolation from the ``neighbors`` nearest centres (all of them when there are fewer).
+
+    Args:
+        distances: ``(B, N, S)`` squared distances from N points to S centres (however the caller computes them).
+        values: ``(B, S, D)`` values at the centres.
+        neighbors: how many nearest centres each point reads.
+        eps: added to every squared distance before inverting it.
+
+    Returns:
+        ``(B, N, D)``: per point, the values of its nearest centres weighted by ``1 / (d^2 + eps)``, the weights
+        normalised to sum 1. Gathered by index, so the gradient of ``values`` is (B, S, D), not (B, N, S, D).
+    """
+    nearest, index = distances.topk(min(neighbors, distances.shape[-1]), dim=-1, largest=False)  # ascending
+    weights = 1.0 / (nearest + eps)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    return (gather_points(values, index) * weights.unsqueeze(-1)).sum(dim=2)
+
+
 def _interleave_bits(high: Tensor, mid: Tensor, low: Tensor, depth: int) -> Tensor:
     """``sum_i bit_i(high) << 3i+2 | bit_i(mid) << 3i+1 | bit_i(low) << 3i`` over the ``depth`` low bits."""
     key = torch.zeros_like(high)

@@ -14,6 +14,28 @@ def check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+def check_number(name: str, value: object, *, minimum: float | None = None, below: float | None = None,
+                 hint: str = "") -> None:
+    """Raise ``ValueError`` unless ``value`` is a real number (an int or a float, not a bool) with
+    ``minimum <= value < below`` (either bound optional); ``hint`` ends the message."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and (minimum is None or value >= minimum) and (below is None or value < below):
+        return
+    if minimum is not None and below is not None:
+        what = f"a number in [{minimum:g}, {below:g})"
+    elif minimum is not None:
+        what = f"a number >= {minimum:g}"
+    else:
+        what = "a number" if below is None else f"a number < {below:g}"
+    raise ValueError(f"{name} must be {what}, got {value!r}{hint}")
+
+
+def check_bool(name: str, value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is ``True`` or ``False``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def check_choice(name: str, value: object, choices: Iterable[object]) -> None:
     """Raise :class:`UnknownNameError` (a ``ValueError``) naming the valid choices unless ``value`` is one."""
     choices = tuple(choices)

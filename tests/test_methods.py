@@ -115,3 +115,19 @@ def test_head_method_adapter_reloads_with_its_own_number_of_classes(tmp_path):
     x = _points(2, seed=9)
     with torch.no_grad():
         assert loaded(x).shape == (2, 15) and torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("method, options, message", [
+    ("lora", {"dropout": 1.0}, r"dropout must be a number in \[0, 1\), got 1.0$"),
+    ("lora", {"dropout": True}, r"dropout must be a number in \[0, 1\), got True$"),
+    ("dapt", {"adapter_dropout": -0.1}, r"adapter_dropout must be a number in \[0, 1\), got -0.1; the official"),
+    ("dapt", {"class_token": 1}, r"class_token must be True or False, got 1$"),
+    ("gaprompt", {"perturbation": "0.8"}, r"perturbation must be a number, got '0.8' \(e.g. 0.05\)$"),
+    ("gaprompt", {"sample_mixing": "yes"}, r"sample_mixing must be True or False, got 'yes'$"),
+])
+def test_number_and_flag_options_are_checked_in_one_line(method, options, message):
+    """The methods' numeric and boolean options share pointgst.validation's checks: one line naming the option."""
+    from pointgst.adapters import METHODS
+
+    with pytest.raises(ValueError, match=message):
+        METHODS[method].make_config(options)

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from pointgst.validation import check_choice, check_int
+from pointgst.validation import check_bool, check_choice, check_int, check_number
 
 #: how a group of final tokens (the internal prompts, or the patch tokens) is pooled into the head's input
 POOLINGS = ("max", "mean", "none")
@@ -54,12 +54,9 @@ class DAPTConfig:
         check_int("rank", self.rank, 1)
         check_choice("gpt_mlp_input", self.gpt_mlp_input, GPT_MLP_INPUTS)
         check_choice("gpt_positions", self.gpt_positions, GPT_POSITIONS)
-        dropout = self.adapter_dropout
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"adapter_dropout must be a number in [0, 1), got {dropout!r}; the official values are "
-                             "0.0, 0.2 and 0.5")
-        if not isinstance(self.class_token, bool):
-            raise ValueError(f"class_token must be True or False, got {self.class_token!r}")
+        check_number("adapter_dropout", self.adapter_dropout, minimum=0, below=1,
+                     hint="; the official values are 0.0, 0.2 and 0.5")
+        check_bool("class_token", self.class_token)
         check_choice("prompt_token pooling", self.prompt_token, PROMPT_POOLINGS)
         check_choice("patch_token pooling", self.patch_token, POOLINGS)
         if self.prompt_token == "joint" and self.patch_token == "none":

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from torch import Tensor, nn
@@ -54,8 +53,8 @@ class GPTDAPT(DAPTBase):
     this module's trainable copy of the head norm ``cls_norm``, and the head (:meth:`head_input`, cls at index 1).
 
     Args:
-        dim: token width C. depth: number of blocks. hidden: the MLP's hidden width. cls_norm: the backbone's
-        ``blocks.cls_norm`` (copied). num_classes: head outputs. config: the method's options.
+        dim: token width C. depth: number of blocks. hidden: the MLP's hidden width. cls_norm: this module's
+        trainable copy of the backbone's ``blocks.cls_norm``. num_classes: head outputs. config: the method's options.
     """
 
     cls_index = 1
@@ -66,12 +65,12 @@ class GPTDAPT(DAPTBase):
         super().__init__(dim, num_classes, config)
         self.blocks.extend(GPTDAPTBlock(dim, hidden, config.rank, config.adapter_dropout, config.gpt_mlp_input)
                            for _ in range(depth))
-        self.cls_norm = copy.deepcopy(cls_norm).requires_grad_(True)
+        self.cls_norm = cls_norm
 
     def forward(self, backbone: Any, points: Tensor) -> Tensor:
         neighborhood, centers = backbone.group(points)
         x, pos = backbone.sequence(backbone.encoder(neighborhood), centers)  # (B, 2 + L, C) each
         specials = 0 if self.config.gpt_positions == "end_aligned" else self.cls_index + 1
         x = self.run_blocks(backbone, backbone.blocks.layers, x, pos, specials)  # (B, 2 + depth + L, C)
-        x = self.cls_norm(backbone.blocks.ln_f(x))
+        x = self.final_tokens(backbone, x)
         return self.head(self.head_input(x, centers.shape[1]))

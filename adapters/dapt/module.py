@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from ..whole_forward import POINTGPT_FAMILY
+from ..whole_forward import POINTGPT_FAMILY, head_norm_copy
 from .base import DAPTBase
 from .config import DAPTConfig
 from .gpt import GPTDAPT
@@ -35,13 +35,14 @@ class DAPT(DAPTBase):
         self.encoder_tfts = ScaleShift(dim)
         self.blocks.extend(DAPTBlock(dim, hidden, config.rank, config.adapter_dropout) for _ in range(depth))
         self.norm_tfts = ScaleShift(dim)
+        self.cls_norm = None  # Point-MAE's head pools the final norm's output directly
 
     def forward(self, backbone: Any, points: Tensor) -> Tensor:
         neighborhood, centers = backbone.group(points)
         tokens = self.encoder_tfts(backbone.encoder(neighborhood))  # (B, G, C)
         x, pos = backbone.sequence(tokens, centers)  # (B, 1 + G, C) each
         x = self.run_blocks(backbone, backbone.blocks.blocks, x + pos)  # pos once, at the input
-        x = self.norm_tfts(backbone.norm(x))  # (B, 1 + depth + G, C)
+        x = self.norm_tfts(self.final_tokens(backbone, x))  # (B, 1 + depth + G, C)
         return self.head(self.head_input(x, tokens.shape[1]))
 
 
@@ -49,7 +50,7 @@ def build_dapt(backbone: Any, config: DAPTConfig) -> DAPTBase:
     """A DAPT module sized for ``backbone``: :class:`GPTDAPT` on the PointGPT family, :class:`DAPT` on Point-MAE."""
     if backbone.architecture in POINTGPT_FAMILY:
         layers = backbone.blocks.layers
-        return GPTDAPT(backbone.embed_dim, len(layers), layers[0].mlp[0].out_features, backbone.blocks.cls_norm,
+        return GPTDAPT(backbone.embed_dim, len(layers), layers[0].mlp[0].out_features, head_norm_copy(backbone),
                        backbone.num_classes, config)
     blocks = backbone.blocks.blocks
     return DAPT(backbone.embed_dim, len(blocks), blocks[0].mlp.fc1.out_features, backbone.num_classes, config)

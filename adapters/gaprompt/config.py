@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pointgst.validation import check_choice, check_int
+from pointgst.validation import check_bool, check_choice, check_int, check_number
 
 #: where the per-block prompt propagation runs relative to the block's attention and MLP
 PROPAGATIONS = ("after_attention", "before_attention")
@@ -44,16 +44,14 @@ class GAPromptConfig:
 
     def __post_init__(self) -> None:
         check_int("point_prompts", self.point_prompts, 1)
-        if isinstance(self.perturbation, bool) or not isinstance(self.perturbation, (int, float)):
-            raise ValueError(f"perturbation must be a number (e.g. 0.05), got {self.perturbation!r}")
+        check_number("perturbation", self.perturbation, hint=" (e.g. 0.05)")
         check_choice("propagation", self.propagation, PROPAGATIONS)
         check_int("prompt_tokens", self.prompt_tokens, 1)
         check_int("prompt_depth", self.prompt_depth, 0)
         check_int("adapter_dim", self.adapter_dim, 1)
         if self.shift_groups is not None:
             check_int("shift_groups", self.shift_groups, 2)
-        if not isinstance(self.sample_mixing, bool):
-            raise ValueError(f"sample_mixing must be True or False, got {self.sample_mixing!r}")
+        check_bool("sample_mixing", self.sample_mixing)
 
 
 #: what ``preset="official"`` sets: the official gather of the prompted blocks, which mixes the samples of a batch

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pointgst.ops import farthest_point_sample, gather_points, knn_indices
+from pointgst.ops import farthest_point_sample, gather_points, inverse_distance_interpolate, knn_indices
 
 
 def fps_knn(points: Tensor, groups: int, size: int, skip_near_origin: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -31,13 +31,9 @@ def square_distance(queries: Tensor, references: Tensor) -> Tensor:
 
 
 def interpolate(points: Tensor, centres: Tensor, values: Tensor, neighbors: int, eps: float) -> Tensor:
-    """Inverse-squared-distance interpolation from the ``neighbors`` nearest centres (all of them when there are
-    fewer): points (B, N, 3), centres (B, S, 3), values (B, S, D) -> (B, N, D), weights ``1 / (d^2 + eps)`` summing
-    to 1, neighbours taken nearest first."""
-    distance, index = square_distance(points, centres).topk(min(neighbors, centres.shape[1]), dim=-1, largest=False)
-    weight = 1.0 / (distance + eps)
-    weight = weight / weight.sum(dim=-1, keepdim=True)
-    return (gather_points(values, index) * weight.unsqueeze(-1)).sum(dim=2)
+    """:func:`~pointgst.ops.inverse_distance_interpolate` on the official expanded squared distances
+    (:func:`square_distance`): points (B, N, 3), centres (B, S, 3), values (B, S, D) -> (B, N, D)."""
+    return inverse_distance_interpolate(square_distance(points, centres), values, neighbors, eps)
 
 
 @dataclass(frozen=True)

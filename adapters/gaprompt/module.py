@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Mapping
 
 import torch
@@ -12,8 +11,7 @@ from torch import Tensor, nn
 from pointgst.backbones.layers import classification_head
 from pointgst.validation import model_input
 
-from ..whole_forward import WholeForward
-from . import family
+from ..whole_forward import WholeForward, head_norm_copy
 from .block import GAPromptBlock
 from .config import GAPromptConfig
 from .geometry import CoarseLevel
@@ -84,13 +82,12 @@ class GAPrompt(WholeForward):
         x, pos = backbone.sequence(backbone.encoder(neighborhood), centers)  # (B, S + G, C), S special tokens
         specials = backbone.num_special_tokens
         prompt_pos = backbone.pos_embed(self.prompt_cor)  # (T, C)
-        for index, ((block, drop_path), step) in enumerate(zip(family.blocks_with_drop_paths(backbone), self.blocks)):
-            x = step(block, drop_path, x, pos, level, shape=shape if index < self.prompt_depth else None,
+        for index, (block, step) in enumerate(zip(backbone.transformer_blocks, self.blocks)):
+            # the propagation uses the block's drop path (PointGPT's blocks have none: identity)
+            x = step(block, block.drop_path, x, pos, level, shape=shape if index < self.prompt_depth else None,
                      prompt_pos=prompt_pos, specials=specials, before_attention=self.before_attention,
                      sample_mixing=self.sample_mixing)
-        x = family.final_norm(backbone)(x)
-        if self.cls_norm is not None:
-            x = self.cls_norm(x)
+        x = self.final_tokens(backbone, x)
         cls, point_tokens = x[:, specials - 1], x[:, specials:]
         return self.cls_head_finetune(torch.cat([cls, point_tokens.max(dim=1).values, shape[:, 0]], dim=-1))
 
@@ -116,8 +113,8 @@ def build(backbone: Any, config: GAPromptConfig) -> GAPrompt:
                          f"ShiftNet's {shift_groups} centres into {shift_groups // 2} of {size // 2}: it needs "
                          "num_group >= 2, group_size >= 2 and group_size // 2 <= num_group and <= shift_groups; "
                          "create the backbone with more groups or a smaller group_size")
-    cls_norm = copy.deepcopy(backbone.blocks.cls_norm) if family.on_pointgpt(backbone) else None
-    return GAPrompt(backbone.embed_dim, backbone.depth, backbone.num_classes, shift_groups, config, cls_norm)
+    return GAPrompt(backbone.embed_dim, backbone.depth, backbone.num_classes, shift_groups, config,
+                    head_norm_copy(backbone))
 
 
 def options_from_official(state: Mapping[str, Tensor]) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any
 
@@ -11,7 +10,7 @@ from torch import Tensor, nn
 
 from pointgst.backbones.layers import classification_head
 
-from ..whole_forward import POINTGPT_FAMILY, WholeForward
+from ..whole_forward import WholeForward, head_norm_copy
 from .config import HEAD_INPUTS, IDPTConfig
 from .generator import PromptGenerator
 
@@ -54,14 +53,7 @@ class IDPT(WholeForward):
         x = torch.cat([x[:, :s], prompt, x[:, s:]], dim=1)
         pos = torch.cat([pos[:, :s], self.prompt_pos.expand(b, -1, -1), pos[:, s:]], dim=1)
         x = stack.run_blocks(blocks[self.prompt_block:], x, pos, None)
-        return self.head(self.pool(self.final_norm(backbone, x), s))
-
-    def final_norm(self, backbone: Any, x: Tensor) -> Tensor:
-        """The last block's output (B, T, C) -> the tokens the head reads (B, T, C): Point-MAE's ``norm``, or
-        PointGPT's ``ln_f`` followed by this module's ``cls_norm``."""
-        if self.cls_norm is None:
-            return backbone.norm(x)
-        return self.cls_norm(backbone.blocks.ln_f(x))
+        return self.head(self.pool(self.final_tokens(backbone, x), s))
 
     def pool(self, x: Tensor, specials: int) -> Tensor:
         """Final tokens ``[specials, prompt, t_1..t_G]`` (B, specials + 1 + G, C), the cls token last of the
@@ -101,6 +93,5 @@ def build_idpt(backbone: Any, config: IDPTConfig) -> IDPT:
     if config.k > groups:
         raise ValueError(f"k={config.k} feature-space neighbours need at least {config.k} point tokens, but the "
                          f"backbone makes num_group={groups}; pass k <= {groups} or use more groups")
-    cls_norm = copy.deepcopy(backbone.blocks.cls_norm) if backbone.architecture in POINTGPT_FAMILY else None
     return IDPT(backbone.embed_dim, backbone.num_classes, prompt_block=config.prompt_block % depth,
-                head_input=config.head_input, k=config.k, cls_norm=cls_norm)
+                head_input=config.head_input, k=config.k, cls_norm=head_norm_copy(backbone))

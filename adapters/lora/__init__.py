@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 from typing import Any
 
-from pointgst.validation import check_int
+from pointgst.validation import check_int, check_number
 
 from ..registry import LORA, MethodSpec
 
@@ -22,8 +22,7 @@ class LoraOptions:
         check_int("rank", self.rank, 1)
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
             raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        check_number("dropout", self.dropout, minimum=0, below=1)
 
 
 def peft_lora_config(backbone: Any, options: LoraOptions):

@@ -11,9 +11,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from pointgst.backbones.layers import init_vit_weights
+from pointgst.backbones.layers import encode_patches, init_vit_weights
 
-from ..whole_forward import POINTGPT_FAMILY, WholeForward
+from ..whole_forward import POINTGPT_FAMILY, WholeForward, head_norm_copy
 from .config import PPTConfig
 from .prompts import prompt_indices, take
 
@@ -46,19 +46,6 @@ def plain_copy(layers: nn.Sequential) -> nn.Sequential:
     """A copy of a backbone ``Sequential`` for this adapter to retrain. A layer another adapter wrapped (a frozen
     BatchNorm under the official statistics drift) is copied unwrapped: this adapter starts from the backbone's own."""
     return nn.Sequential(*(copy.deepcopy(getattr(layer, "base_layer", layer)) for layer in layers))
-
-
-def encode_patches(first_conv: nn.Module, second_conv: nn.Module, neighborhood: Tensor) -> Tensor:
-    """The official patch encoder, as 1x1 convolutions over the points of each patch: ``first_conv``, max-pool, the
-    pooled feature concatenated in front of every point's, ``second_conv``, max-pool.
-
-    neighborhood (B, G, K, 3) centred patches -> tokens (B, G, C).
-    """
-    b, g, k, _ = neighborhood.shape
-    local = first_conv(neighborhood.reshape(b * g, k, 3).transpose(1, 2))  # (BG, L, K)
-    pooled = local.max(dim=2, keepdim=True).values  # (BG, L, 1)
-    feature = second_conv(torch.cat([pooled.expand(-1, -1, k), local], dim=1))  # (BG, C, K)
-    return feature.max(dim=2).values.reshape(b, g, -1)
 
 
 class PPT(WholeForward):
@@ -97,7 +84,7 @@ class PPT(WholeForward):
         self.prompt_mlp = prompt_mlp(dim, config.hidden)  # on the point tokens, before every block
         self.prompt_pos_mlp = prompt_mlp(dim, config.hidden)  # on the prompt tokens, before every block
         self.prompt_all_mlp = prompt_mlp(dim, config.hidden)  # on all tokens, beside every block's FFN
-        self.cls_norm = copy.deepcopy(backbone.blocks.cls_norm) if self.causal else None
+        self.cls_norm = head_norm_copy(backbone)
         self.head = gelu_head(3 * dim, backbone.num_classes)
 
     def forward(self, backbone: Any, points: Tensor) -> Tensor:
@@ -118,7 +105,7 @@ class PPT(WholeForward):
         for block in backbone.transformer_blocks:
             x = (checkpoint(self._block, block, x, pos, s, use_reentrant=False) if recompute
                  else self._block(block, x, pos, s))
-        x = self.cls_norm(backbone.blocks.ln_f(x)) if self.causal else backbone.norm(x)
+        x = self.final_tokens(backbone, x)
         point, prompt = self._split(x, s)
         # the cls token is the last special token: position 0 on Point-MAE, 1 on PointGPT
         return self.head(torch.cat([x[:, s - 1], point.mean(dim=1), prompt.mean(dim=1)], dim=-1))

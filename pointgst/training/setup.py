@@ -50,11 +50,17 @@ def build_model(recipe: Recipe) -> nn.Module:
     """The wrapped backbone a recipe describes. Seeded by ``train.seed``, so a run's randomly initialised parts
     (a backbone without pretrained weights, fresh adapters) are rebuilt identically for ``pointgst eval``."""
     torch.manual_seed(recipe.train.seed)
-    model = wrap(recipe.backbone.name, method=recipe.method.name, num_classes=recipe.data.num_classes,
-                 pretrained=recipe.backbone.pretrained, **backbone_options(recipe), **recipe.method.options)
+    model = wrap_recipe(recipe, pretrained=recipe.backbone.pretrained)
     if recipe.train.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     return model
+
+
+def wrap_recipe(recipe: Recipe, *, pretrained: Any) -> nn.Module:
+    """``pointgst.wrap`` of the recipe's backbone, method, classes and options (``pretrained=False``: no weights, as
+    ``pointgst params`` builds it on the meta device)."""
+    return wrap(recipe.backbone.name, method=recipe.method.name, num_classes=recipe.data.num_classes,
+                pretrained=pretrained, **backbone_options(recipe), **recipe.method.options)
 
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

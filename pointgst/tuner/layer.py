@@ -119,7 +119,7 @@ class ForwardLayer(ModuleLayer):
         active = self._active_modules()
         if not active:
             return self.base_layer(points)
-        return active[-1][1](self.base_layer.fn.__self__, points)
+        return active[-1][1](self.base_layer.owner, points)
 
 
 class CarrierLayer(nn.Module, PointGSTLayer):
